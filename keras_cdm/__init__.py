@@ -1,0 +1,27 @@
+"""keras_cdm: Cascaded Diffusion Models (Ho et al. 2021) for Keras 3."""
+
+__version__ = "0.1.0"
+
+from keras_cdm.layers import (
+    AttentionBlock,
+    ClassEmbedding,
+    Downsample,
+    ResidualBlock,
+    TimestepEmbedding,
+    Upsample,
+)
+from keras_cdm.presets import list_presets, unet_from_preset
+from keras_cdm.unet import DiffusionUNet
+
+__all__ = [
+    "AttentionBlock",
+    "ClassEmbedding",
+    "DiffusionUNet",
+    "Downsample",
+    "ResidualBlock",
+    "TimestepEmbedding",
+    "Upsample",
+    "__version__",
+    "list_presets",
+    "unet_from_preset",
+]

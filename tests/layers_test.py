@@ -1,0 +1,281 @@
+import doctest
+
+import keras
+import numpy as np
+import pytest
+
+from keras_cdm import layers
+from tests.testing import (
+    assert_config_round_trip,
+    conv2d,
+    group_norm,
+    randomize_weights,
+    silu,
+    sinusoid,
+    to_numpy,
+)
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(2, 8, 8, 16)).astype("float32")
+EMB = RNG.normal(size=(2, 32)).astype("float32")
+
+
+def _w(layer):
+    return {v.path.split("/", 1)[-1]: to_numpy(v).astype(np.float64) for v in layer.weights}
+
+
+# TimestepEmbedding ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [16, 15])
+def test_sinusoidal_embedding_matches_closed_form(dim):
+    t = np.array([0, 1, 17, 999, 3999])
+    got = to_numpy(layers.sinusoidal_embedding(t, dim))
+    np.testing.assert_allclose(got, sinusoid(t, dim), atol=2e-4)
+    assert got.shape == (5, dim)
+    np.testing.assert_array_equal(got[0, : dim // 2], 1.0)  # cos(0) first
+
+
+def test_timestep_embedding_is_mlp_of_sinusoid():
+    layer = layers.TimestepEmbedding(16, output_dim=24)
+    t = np.array([3.0, 250.0])
+    out = to_numpy(layer(t))
+    w = _w(layer)
+    h = silu(sinusoid(t, 16) @ w["dense_in/kernel"] + w["dense_in/bias"])
+    np.testing.assert_allclose(out, h @ w["dense_out/kernel"] + w["dense_out/bias"], atol=1e-4)
+    assert layer.count_params() == (16 * 24 + 24) + (24 * 24 + 24)
+
+
+def test_timestep_embedding_scales_continuous_noise_levels():
+    layer = layers.TimestepEmbedding(16, scale=1000.0)
+    levels = np.array([0.25, 0.731])
+    out = to_numpy(layer(levels))
+    w = _w(layer)
+    h = silu(sinusoid(levels * 1000.0, 16) @ w["dense_in/kernel"] + w["dense_in/bias"])
+    expected = h @ w["dense_out/kernel"] + w["dense_out/bias"]
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_timestep_embedding_keeps_large_steps_exact_under_mixed_bfloat16():
+    # bfloat16 rounds 3999 to 4000: the embedding must not see the rounded step.
+    layer = layers.TimestepEmbedding(64, dtype="mixed_bfloat16")
+    assert layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32"
+    out = to_numpy(keras.ops.cast(layer(np.array([3999.0, 4000.0])), "float32"))
+    assert np.abs(out[0] - out[1]).max() > 0
+
+
+# ClassEmbedding ---------------------------------------------------------------
+
+
+def test_class_embedding_looks_up_rows_and_is_standard_normal():
+    layer = layers.ClassEmbedding(num_classes=1000, output_dim=64)
+    out = to_numpy(layer(np.array([3, 7, 3])))
+    table = to_numpy(layer.weights[0])
+    np.testing.assert_array_equal(out, table[[3, 7, 3]])
+    assert abs(table.std() - 1.0) < 0.02 and abs(table.mean()) < 0.02
+
+
+# ResidualBlock -------------------------------------------------------------------
+
+
+def _reference_residual_block(block, x, emb, scale_shift=True):
+    w, g = _w(block), block.num_groups
+    h = silu(group_norm(x, g, w["norm_in/gamma"], w["norm_in/beta"]))
+    h = conv2d(h, w["conv_in/kernel"], w["conv_in/bias"])
+    e = (silu(emb) @ w["embedding_proj/kernel"] + w["embedding_proj/bias"])[:, None, None, :]
+    if scale_shift:
+        scale, shift = np.split(e, 2, axis=-1)
+        h = group_norm(h, g, w["norm_out/gamma"], w["norm_out/beta"]) * (1 + scale) + shift
+    else:
+        h = group_norm(h + e, g, w["norm_out/gamma"], w["norm_out/beta"])
+    h = conv2d(silu(h), w["conv_out/kernel"], w["conv_out/bias"])
+    skip = x if "skip/kernel" not in w else conv2d(x, w["skip/kernel"], w["skip/bias"])
+    return skip + h
+
+
+@pytest.mark.parametrize("out_channels,scale_shift", [(32, True), (16, False)])
+def test_residual_block_matches_float64_reference(out_channels, scale_shift):
+    block = layers.ResidualBlock(out_channels, use_scale_shift_norm=scale_shift, num_groups=8)
+    block(X, EMB)
+    randomize_weights(block)
+    expected = _reference_residual_block(block, X.astype(np.float64), EMB.astype(np.float64), scale_shift)
+    np.testing.assert_allclose(to_numpy(block(X, EMB)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_residual_block_is_skip_path_at_initialisation():
+    block = layers.ResidualBlock(num_groups=8)
+    np.testing.assert_allclose(to_numpy(block(X, EMB)), X, atol=1e-6)
+    assert block.skip is None
+
+
+def test_residual_block_parameter_count_matches_reference_formula():
+    block = layers.ResidualBlock(32, num_groups=8)
+    block(X, EMB)
+    expected = 2 * 16 + (9 * 16 * 32 + 32) + (32 * 64 + 64) + 2 * 32 + (9 * 32 * 32 + 32) + (16 * 32 + 32)
+    assert block.count_params() == expected
+
+
+@pytest.mark.parametrize("resample,size", [("up", 16), ("down", 4)])
+def test_residual_block_resamples_biggan_style(resample, size):
+    block = layers.ResidualBlock(num_groups=8, resample=resample)
+    out = to_numpy(block(X, EMB))
+    assert out.shape == (2, size, size, 16)
+    if resample == "down":  # zero-initialised residual: output is the pooled input
+        expected = X.reshape(2, 4, 2, 4, 2, 16).mean(axis=(2, 4))
+    else:
+        expected = X.repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_residual_block_embedding_conditions_the_output():
+    block = layers.ResidualBlock(num_groups=8)
+    block(X, EMB)
+    randomize_weights(block)
+    assert np.abs(to_numpy(block(X, EMB)) - to_numpy(block(X, EMB + 1.0))).max() > 1e-3
+
+
+def test_residual_block_dropout_only_in_training():
+    block = layers.ResidualBlock(num_groups=8, dropout=0.5)
+    block(X, EMB)
+    randomize_weights(block)
+    np.testing.assert_array_equal(to_numpy(block(X, EMB)), to_numpy(block(X, EMB, training=False)))
+    assert np.abs(to_numpy(block(X, EMB, training=True)) - to_numpy(block(X, EMB))).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"resample": "sideways"}, "`resample` must be one of [None, 'up', 'down']. Received: resample='sideways'"),
+        ({"dropout": 1.5}, "`dropout` must be a number in [0.0, 1.0). Received: dropout=1.5"),
+        ({"out_channels": 0}, "`out_channels` must be a positive integer. Received: out_channels=0"),
+    ],
+)
+def test_residual_block_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        layers.ResidualBlock(**kwargs)
+    assert message in str(info.value)
+
+
+def test_residual_block_rejects_groups_not_dividing_channels():
+    with pytest.raises(ValueError, match=r"`num_groups` must divide .*\(16\). Received: num_groups=5"):
+        layers.ResidualBlock(num_groups=5)(X, EMB)
+
+
+# AttentionBlock -------------------------------------------------------------------
+
+
+def _reference_attention(block, x):
+    w, heads = _w(block), block.num_heads
+    b, hh, ww, c = x.shape
+    d = c // heads
+    h = group_norm(x, block.num_groups, w["norm/gamma"], w["norm/beta"]).reshape(b, hh * ww, c)
+    q, k, v = (
+        np.einsum("btc,chd->bthd", h, w[f"attention/{n}/kernel"]) + w[f"attention/{n}/bias"]
+        for n in ("query", "key", "value")
+    )
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    attended = np.einsum("bhqk,bkhd->bqhd", probs, v)
+    out = np.einsum("bqhd,hdc->bqc", attended, w["attention/attention_output/kernel"])
+    return x + (out + w["attention/attention_output/bias"]).reshape(b, hh, ww, c)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_block_matches_float64_reference(heads):
+    block = layers.AttentionBlock(num_heads=heads, num_groups=8)
+    block(X)
+    randomize_weights(block)
+    np.testing.assert_allclose(to_numpy(block(X)), _reference_attention(block, X.astype(np.float64)), atol=1e-4)
+
+
+def test_attention_block_is_identity_at_initialisation_and_has_reference_size():
+    block = layers.AttentionBlock(num_heads=2, num_groups=8)
+    np.testing.assert_array_equal(to_numpy(block(X)), X)
+    c = 16
+    assert block.count_params() == 2 * c + (3 * c * c + 3 * c) + (c * c + c)  # norm, qkv, proj_out
+
+
+def test_attention_block_rejects_heads_not_dividing_channels():
+    with pytest.raises(ValueError, match=r"`num_heads` must divide .*\(16\). Received: num_heads=3"):
+        layers.AttentionBlock(num_heads=3, num_groups=8)(X)
+
+
+# Downsample / Upsample --------------------------------------------------------------
+
+
+def test_downsample_conv_pads_symmetrically_like_the_reference():
+    layer = layers.Downsample()
+    out = to_numpy(layer(X))
+    w = _w(layer)
+    expected = conv2d(X.astype(np.float64), w["conv/kernel"], w["conv/bias"], stride=2, pad=1)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    assert out.shape == (2, 4, 4, 16)
+
+
+def test_downsample_without_conv_average_pools():
+    out = to_numpy(layers.Downsample(use_conv=False)(X))
+    np.testing.assert_allclose(out, X.reshape(2, 4, 2, 4, 2, 16).mean(axis=(2, 4)), atol=1e-6)
+
+
+def test_upsample_is_nearest_then_conv():
+    layer = layers.Upsample()
+    out = to_numpy(layer(X))
+    w = _w(layer)
+    nearest = X.astype(np.float64).repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_allclose(out, conv2d(nearest, w["conv/kernel"], w["conv/bias"]), atol=1e-4)
+    np.testing.assert_array_equal(to_numpy(layers.Upsample(use_conv=False)(X)), nearest.astype("float32"))
+
+
+# Every layer: serialization, mixed precision, docs ------------------------------------
+
+LAYER_CASES = {
+    "TimestepEmbedding": (lambda **kw: layers.TimestepEmbedding(16, scale=2.0, **kw), (np.array([1.0, 9.0]),)),
+    "ClassEmbedding": (lambda **kw: layers.ClassEmbedding(10, 32, **kw), (np.array([1, 9]),)),
+    "ResidualBlock": (
+        lambda **kw: layers.ResidualBlock(32, dropout=0.1, resample="down", num_groups=8, **kw),
+        (X, EMB),
+    ),
+    "AttentionBlock": (lambda **kw: layers.AttentionBlock(num_heads=2, num_groups=8, **kw), (X,)),
+    "Downsample": (lambda **kw: layers.Downsample(**kw), (X,)),
+    "Upsample": (lambda **kw: layers.Upsample(use_conv=True, **kw), (X,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_serialization_round_trip(name):
+    make, args = LAYER_CASES[name]
+    layer = make()
+    out = to_numpy(layer(*args))
+    randomize_weights(layer)
+    out = to_numpy(layer(*args))
+    clone = assert_config_round_trip(layer)
+    clone(*args)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(to_numpy(clone(*args)), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_runs_in_mixed_bfloat16(name):
+    make, args = LAYER_CASES[name]
+    full = make()
+    reference = to_numpy(full(*args))
+    mixed = make(dtype="mixed_bfloat16")
+    out = mixed(*args)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    mixed.set_weights(full.get_weights())
+    out = to_numpy(keras.ops.cast(mixed(*args), "float32"))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, reference, atol=0.1 * (np.abs(reference).max() + 1))
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_docstring_has_args_and_a_working_example(name):
+    cls = getattr(layers, name)
+    assert "Args:" in cls.__doc__ and "Example:" in cls.__doc__
+    finder = doctest.DocTestFinder()
+    tests = finder.find(cls, name, globs={"np": np, "keras": keras, name: cls})
+    (test,) = [t for t in tests if t.name == name]
+    result = doctest.DocTestRunner().run(test, out=lambda s: None)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,63 @@
+"""Test helpers: float64 numpy references and round-trip checks."""
+
+import json
+
+import keras
+import numpy as np
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def group_norm(x, groups, gamma, beta, eps=1e-5):
+    b, h, w, c = x.shape
+    g = x.reshape(b, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(b, h, w, c) * gamma + beta
+
+
+def conv2d(x, kernel, bias, stride=1, pad=None):
+    """Cross-correlation, NHWC input, HWIO kernel, symmetric zero padding."""
+    k = kernel.shape[0]
+    pad = (k - 1) // 2 if pad is None else pad
+    x = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    out_h = (x.shape[1] - k) // stride + 1
+    out_w = (x.shape[2] - k) // stride + 1
+    out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride, :]
+            out += np.einsum("bhwc,cd->bhwd", patch, kernel[i, j])
+    return out + bias
+
+
+def sinusoid(values, dim, max_period=10000.0):
+    half = dim // 2
+    freqs = np.exp(-np.log(max_period) * np.arange(half) / half)
+    args = np.asarray(values, np.float64)[:, None] * freqs[None]
+    out = np.concatenate([np.cos(args), np.sin(args)], axis=-1)
+    return np.pad(out, [(0, 0), (0, dim % 2)])
+
+
+def randomize_weights(model, seed=0, scale=0.2):
+    """Replaces every weight, zero-initialised ones included, by N(0, scale^2) draws."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0.0, scale, w.shape).astype(w.dtype) for w in model.get_weights()])
+
+
+def assert_config_round_trip(obj):
+    """get_config is JSON-serializable and idempotent through from_config."""
+    config = json.loads(json.dumps(obj.get_config()))
+    clone = type(obj).from_config(config)
+    assert json.loads(json.dumps(clone.get_config())) == config
+    restored = keras.saving.deserialize_keras_object(
+        json.loads(json.dumps(keras.saving.serialize_keras_object(obj))), safe_mode=True
+    )
+    assert type(restored) is type(obj)
+    return clone
