@@ -132,7 +132,7 @@ class DiffusionUNet(keras.Model):
             resblock_updown=bool(resblock_updown),
             conv_resample=bool(conv_resample),
             num_groups=check_positive_int("num_groups", num_groups),
-            dtype=dtype,
+            dtype=_check_dtype(dtype),
         )
         _check_architecture(args)
         inputs, outputs = _build_graph(args)
@@ -164,6 +164,42 @@ class DiffusionUNet(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_cdm")
+class _Resize(keras.layers.Layer):
+    """Resizes images to `size` x `size`.
+
+    Not `keras.layers.Resizing`: as a preprocessing layer its `call` defaults to
+    `training=True`, which leaks into the call context and switches on the
+    dropout of every later layer at inference.
+    """
+
+    def __init__(self, size, interpolation, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.interpolation = interpolation
+
+    def call(self, images):
+        return ops.image.resize(images, (self.size, self.size), interpolation=self.interpolation)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "interpolation": self.interpolation}
+
+
+def _check_dtype(dtype):
+    if dtype is not None:
+        try:
+            keras.dtype_policies.get(dtype)
+        except (ValueError, TypeError):
+            raise ValueError(
+                "`dtype` must be None or a Keras dtype policy, e.g. 'float32', 'mixed_bfloat16', "
+                f"'mixed_float16', 'bfloat16'. Received: dtype={dtype!r}"
+            ) from None
+    return dtype
 
 
 def _level_resolutions(args):
@@ -246,9 +282,9 @@ def _build_graph(a):
     if a["low_res_size"] is not None:
         low = a["low_res_size"]
         inputs["low_res_images"] = keras.Input((low, low, ch_in), name="low_res_images")
-        resized = keras.layers.Resizing(
-            size, size, interpolation=a["low_res_interpolation"], name="low_res_resize", dtype=dtype
-        )(inputs["low_res_images"])
+        resized = _Resize(size, a["low_res_interpolation"], name="low_res_resize", dtype=dtype)(
+            inputs["low_res_images"]
+        )
         x = keras.layers.Concatenate(name="concat_low_res", dtype=dtype)([x, resized])
 
     res = lambda ch, name, resample=None: cdm_layers.ResidualBlock(  # noqa: E731
