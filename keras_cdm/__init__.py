@@ -10,6 +10,7 @@ from keras_cdm.layers import (
     TimestepEmbedding,
     Upsample,
 )
+from keras_cdm.diffusion import GaussianDiffusion
 from keras_cdm.presets import list_presets, unet_from_preset
 from keras_cdm.unet import DiffusionUNet
 
@@ -17,6 +18,7 @@ __all__ = [
     "AttentionBlock",
     "ClassEmbedding",
     "DiffusionUNet",
+    "GaussianDiffusion",
     "Downsample",
     "ResidualBlock",
     "TimestepEmbedding",

@@ -17,6 +17,7 @@ def test_public_api_is_pinned():
         "AttentionBlock",
         "ClassEmbedding",
         "DiffusionUNet",
+        "GaussianDiffusion",
         "Downsample",
         "ResidualBlock",
         "TimestepEmbedding",

@@ -61,3 +61,21 @@ def assert_config_round_trip(obj):
     )
     assert type(restored) is type(obj)
     return clone
+
+
+def gradient(fn, x):
+    """d sum(fn(x)) / dx on the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(fn(x))
+        return to_numpy(tape.gradient(y, x))
+    if backend == "jax":
+        import jax
+
+        return to_numpy(jax.grad(lambda v: keras.ops.sum(fn(v)))(keras.ops.convert_to_tensor(x)))
+    raise NotImplementedError(backend)
