@@ -10,15 +10,20 @@ from keras_cdm.layers import (
     TimestepEmbedding,
     Upsample,
 )
+from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
 from keras_cdm.diffusion import GaussianDiffusion
+from keras_cdm.diffusion_model import DiffusionModel
 from keras_cdm.presets import list_presets, unet_from_preset
 from keras_cdm.unet import DiffusionUNet
 
 __all__ = [
     "AttentionBlock",
+    "BlurConditioningAugmentation",
     "ClassEmbedding",
+    "DiffusionModel",
     "DiffusionUNet",
     "Downsample",
+    "GaussianConditioningAugmentation",
     "GaussianDiffusion",
     "ResidualBlock",
     "TimestepEmbedding",

@@ -1,11 +1,11 @@
-"""Compiles a sampling function once per input shape, per backend."""
+"""Compiles sampling functions once per input shape, per backend."""
 
 import keras
 
 
 def compile_function(fn):
     """`tf.function` (graph, no XLA: slower on CPU) under TensorFlow, `jax.jit`
-    under JAX; the function itself elsewhere. Python ints it closes over stay
+    under JAX; the function itself elsewhere. Python values it closes over stay
     static; tensor arguments (images, seeds) are traced."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -17,3 +17,25 @@ def compile_function(fn):
 
         return jax.jit(fn)
     return fn
+
+
+def compile_with_model(model, fn):
+    """Compiles `fn(apply, *args)`, where `apply(inputs)` runs `model` in inference.
+
+    The model's weights are read when the compiled function is called, not baked
+    in when it is traced: under JAX they are passed through `stateless_call`, so
+    training (or swapping in EMA weights) between calls is always seen.
+    """
+    if keras.backend.backend() != "jax":
+        return compile_function(lambda *args: fn(lambda inputs: model(inputs, training=False), *args))
+
+    def pure(trainable, non_trainable, *args):
+        def apply(inputs):
+            return model.stateless_call(trainable, non_trainable, inputs, training=False)[0]
+
+        return fn(apply, *args)
+
+    compiled = compile_function(pure)
+    return lambda *args: compiled(
+        [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], *args
+    )

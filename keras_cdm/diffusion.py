@@ -360,12 +360,22 @@ class GaussianDiffusion:
         start = self.num_timesteps - 1 if start_step is None else start_step
         stop = -1 if stop_step is None else stop_step
         self._check_steps(start, stop)
+        return self.run_steps(denoise_fn, x, seed, start, start - stop, sampler, eta, clip_denoised)
+
+    def run_steps(self, denoise_fn, x, seed, start_step, num_steps, sampler="ancestral", eta=0.0,
+                  clip_denoised=True):
+        """`num_steps` reverse steps from step `start_step` in one `ops.fori_loop`.
+
+        Unlike `sample_loop`, `start_step` may be a tensor, so one compiled
+        function can run successive chunks of a long chain (progress bars).
+        """
         check_choice("sampler", sampler, SAMPLERS)
+        start = ops.cast(start_step, "int32")
 
         def body(i, x_t):
             return self.sample_step(denoise_fn, x_t, start - i, seed, sampler, eta, clip_denoised)
 
-        return ops.fori_loop(0, start - stop, body, ops.cast(x, "float32"))
+        return ops.fori_loop(0, num_steps, body, ops.cast(x, "float32"))
 
     def initial_noise(self, shape, seed):
         """x_T ~ N(0, I) for `sample_loop`, a pure function of `seed`."""

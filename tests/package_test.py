@@ -15,9 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_public_api_is_pinned():
     assert sorted(keras_cdm.__all__) == [
         "AttentionBlock",
+        "BlurConditioningAugmentation",
         "ClassEmbedding",
+        "DiffusionModel",
         "DiffusionUNet",
         "Downsample",
+        "GaussianConditioningAugmentation",
         "GaussianDiffusion",
         "ResidualBlock",
         "TimestepEmbedding",

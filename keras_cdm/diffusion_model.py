@@ -1,0 +1,377 @@
+"""DiffusionModel: one cascade stage, trainable with `model.fit` (sections 3, 4, App. B).
+
+A stage is a `DiffusionUNet` + a `GaussianDiffusion` (+ conditioning augmentation
+for super-resolution stages). Training draws (t, noise, flips, augmentation)
+happen in `call` through a `keras.random.SeedGenerator` and the loss comes from
+`compute_loss`, so the stock `fit` of every backend trains it; `generate()`
+samples the stage alone, with the optimizer's EMA weights when they exist.
+"""
+
+import contextlib
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_cdm._compile import compile_with_model
+from keras_cdm._validation import check_choice
+from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
+from keras_cdm.diffusion import GaussianDiffusion, stateless_normal
+from keras_cdm.unet import INTERPOLATIONS, DiffusionUNet
+
+_AUGMENTATION_NOISE = 2**31 - 1  # noise counter of non-truncated augmentation, apart from step counters
+
+
+@keras.saving.register_keras_serializable(package="keras_cdm")
+class DiffusionModel(keras.Model):
+    """One stage of a cascade: base model or super-resolution model.
+
+    Batches are dicts `{"images": (B, S, S, C) in [-1, 1], "labels": (B,) int}`
+    (`labels` only for class-conditional U-Nets). For a super-resolution stage
+    the low-resolution input is derived inside the model by anti-aliased
+    downsampling of `images`, so one dataset of images trains any stage.
+
+    Args:
+        unet: the `DiffusionUNet` (or its serialized config).
+        diffusion: the training `GaussianDiffusion` (or its config).
+        augmentation: None, a `GaussianConditioningAugmentation` (the U-Net
+            needs `augmentation_level_embedding=True`) or a
+            `BlurConditioningAugmentation`; super-resolution stages only.
+        random_flip: random left-right flips of the training images.
+        low_res_interpolation: how training images are downsampled to the
+            low-resolution conditioning (anti-aliased).
+        seed: seed of the training draws.
+
+    Example:
+    >>> unet = DiffusionUNet(image_size=8, base_channels=8, channel_multipliers=(1,),
+    ...                      attention_resolutions=(), num_groups=4, num_classes=2)
+    >>> model = DiffusionModel(unet, GaussianDiffusion(10, "cosine"))
+    >>> model.compile()
+    >>> images = np.zeros((4, 8, 8, 3), "float32")
+    >>> history = model.fit({"images": images, "labels": np.array([0, 1, 0, 1])}, epochs=1, verbose=0)
+    >>> model.generate(labels=[0, 1], seed=0).shape
+    (2, 8, 8, 3)
+    """
+
+    def __init__(self, unet, diffusion, augmentation=None, random_flip=False,
+                 low_res_interpolation="bicubic", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.unet = _deserialize(unet, DiffusionUNet, "unet")
+        self.diffusion = _deserialize(diffusion, GaussianDiffusion, "diffusion")
+        self.augmentation = None if augmentation is None else _deserialize(
+            augmentation, (GaussianConditioningAugmentation, BlurConditioningAugmentation), "augmentation"
+        )
+        self.random_flip = bool(random_flip)
+        self.low_res_interpolation = check_choice("low_res_interpolation", low_res_interpolation, INTERPOLATIONS)
+        self.seed = seed
+        _check_stage(self.unet, self.diffusion, self.augmentation)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.mse_tracker = keras.metrics.Mean(name="mse")
+        # The variational bound is defined for discrete steps only.
+        self.vb_tracker = keras.metrics.Mean(name="vb") if self.diffusion.conditioning == "timestep" else None
+        self.built = True
+        self._samplers = {}
+
+    # -- training -----------------------------------------------------------------
+
+    def compile(self, optimizer=None, learning_rate=1e-4, use_ema=True, ema_momentum=0.9999, **kwargs):
+        """Adam (learning rate 1e-4) with the optimizer's EMA (momentum 0.9999) by default."""
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(learning_rate, use_ema=use_ema, ema_momentum=ema_momentum)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def call(self, inputs, training=None):
+        images, labels = self._unpack(inputs)
+        x_start = ops.cast(images, "float32")
+        batch = ops.shape(x_start)[0]
+        if self.random_flip and training:
+            flip = keras.random.uniform((batch,), seed=self.seed_generator) < 0.5
+            x_start = ops.where(ops.reshape(flip, (-1, 1, 1, 1)), ops.flip(x_start, axis=2), x_start)
+        t = keras.random.randint((batch,), 0, self.diffusion.num_timesteps, seed=self.seed_generator)
+        noise = keras.random.normal(ops.shape(x_start), seed=self.seed_generator)
+        outputs = {"x_start": x_start, "t": t, "noise": noise}
+        unet_inputs = {} if labels is None else {"labels": labels}
+        if self.diffusion.conditioning == "noise_level":
+            levels = self.diffusion.sample_noise_levels(t, seed=self.seed_generator)
+            unet_inputs["noisy_images"] = self.diffusion.q_sample_at_noise_level(x_start, levels, noise)
+            unet_inputs["noise_levels"] = outputs["noise_levels"] = levels
+        else:
+            unet_inputs["noisy_images"] = self.diffusion.q_sample(x_start, t, noise)
+            unet_inputs["timesteps"] = self.diffusion.model_conditioning(t)
+        if self.unet.low_res_size is not None:
+            unet_inputs.update(self._low_res_inputs(self.downsample(x_start), training))
+        outputs["model_output"] = self.unet(unet_inputs, training=training)
+        return outputs
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        terms = self.diffusion.training_losses(
+            y_pred["model_output"], y_pred["x_start"], y_pred["t"], y_pred["noise"],
+            noise_levels=y_pred.get("noise_levels"),
+        )
+        self.mse_tracker.update_state(terms["mse"])
+        if self.vb_tracker is not None:
+            self.vb_tracker.update_state(terms["vb"])
+        loss = ops.mean(terms["loss"])
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def fit(self, x=None, *args, **kwargs):
+        _check_data(self, x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        _check_data(self, x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def downsample(self, images):
+        """The low-resolution conditioning of `images` (anti-aliased, clipped to [-1, 1])."""
+        size = self.unet.low_res_size
+        low = ops.image.resize(ops.cast(images, "float32"), (size, size),
+                               interpolation=self.low_res_interpolation, antialias=True)
+        return ops.clip(low, -1.0, 1.0)
+
+    def _low_res_inputs(self, low_res, training, levels=None):
+        inputs = {"low_res_images": low_res}
+        if isinstance(self.augmentation, GaussianConditioningAugmentation):
+            inputs["low_res_images"], inputs["augmentation_levels"] = self.augmentation(
+                low_res, levels, training=training
+            )
+        elif isinstance(self.augmentation, BlurConditioningAugmentation):
+            inputs["low_res_images"] = self.augmentation(low_res, training=training)
+        return inputs
+
+    def _unpack(self, inputs):
+        if not isinstance(inputs, dict) or "images" not in inputs:
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"Batches must be dicts with 'images' (and 'labels'). Received: {got}")
+        images, labels = inputs["images"], inputs.get("labels")
+        _check_images(self.unet, tuple(images.shape), "images")
+        if (labels is None) != (self.unet.num_classes is None):
+            raise ValueError(
+                f"This stage is {'class-conditional' if self.unet.num_classes else 'unconditional'}: "
+                f"batches must {'include' if self.unet.num_classes else 'not include'} 'labels'. "
+                f"Received keys: {sorted(inputs)}"
+            )
+        return images, None if labels is None else ops.reshape(ops.cast(labels, "int32"), (-1,))
+
+    # -- sampling -------------------------------------------------------------------
+
+    def generate(self, labels=None, num_images=None, seed=0, num_steps=None, sampler="ancestral", eta=0.0,
+                 clip_denoised=True, low_res_images=None, augmentation_level=0, truncated=False,
+                 stop_step=None, use_ema=True, verbose="auto"):
+        """Samples this stage alone; returns float32 NHWC numpy images in [-1, 1].
+
+        Args:
+            labels: class labels, one per image (class-conditional stages).
+            num_images: number of images for unconditional stages.
+            seed: integer seed; the same seed gives the same images.
+            num_steps: respace the reverse process: an int (e.g. 100), or
+                section counts such as "ddim50"; None uses all training steps.
+            sampler: "ancestral" or "ddim" (with `eta`).
+            clip_denoised: clip the predicted x_0 to [-1, 1] at every step.
+            low_res_images: the conditioning of a super-resolution stage, in
+                [-1, 1], at the stage's `low_res_size`.
+            augmentation_level: s for a Gaussian-augmented stage (0 = none).
+            truncated: `low_res_images` is already z_s (a base sample stopped at
+                s, truncated augmentation); otherwise it is z_0 and is re-noised
+                to s (non-truncated augmentation).
+            stop_step: stop the reverse process early and return the sample at
+                that step (of the respaced process), e.g. z_s for truncation.
+            use_ema: sample with the optimizer's EMA weights when they exist.
+            verbose: "auto" shows a progress bar for chains of 100+ steps.
+        """
+        labels, batch = self._check_generate_args(labels, num_images, low_res_images)
+        diffusion = self.diffusion
+        if num_steps is not None:
+            diffusion = diffusion.respace(str(num_steps) if isinstance(num_steps, int) else num_steps)
+        start = diffusion.num_timesteps - 1
+        stop = -1 if stop_step is None else stop_step
+        diffusion._check_steps(start, stop)
+        conditioning = {} if labels is None else {"labels": ops.convert_to_tensor(labels, "int32")}
+        if low_res_images is not None:
+            conditioning.update(self._inference_low_res(low_res_images, augmentation_level, truncated, seed))
+        shape = (batch, self.unet.image_size, self.unet.image_size, self.unet.image_channels)
+        x = diffusion.initial_noise(shape, seed)
+        total = start - stop
+        chunk = total if not _show_progress(verbose, total) else max(1, math.ceil(total / 20))
+        progress = keras.utils.Progbar(total, unit_name="step") if chunk < total else None
+        seed_tensor = ops.convert_to_tensor(seed, "int32")
+        with self._ema_weights(use_ema):
+            done = 0
+            while done < total:
+                steps = min(chunk, total - done)
+                run = self._sampler(diffusion, steps, sampler, float(eta), bool(clip_denoised), sorted(conditioning))
+                x = run(x, seed_tensor, ops.convert_to_tensor(start - done, "int32"), conditioning)
+                done += steps
+                if progress is not None:
+                    progress.update(done)
+        return np.asarray(ops.convert_to_numpy(x))
+
+    def _sampler(self, diffusion, steps, sampler, eta, clip, keys):
+        key = (repr(diffusion), steps, sampler, eta, clip, tuple(keys))
+        if key not in self._samplers:
+            conditioning_key = self.unet.conditioning_key
+
+            def run(apply, x, seed, start, conditioning):
+                def denoise(x_t, cond):
+                    return apply({**conditioning, "noisy_images": x_t, conditioning_key: cond})
+
+                return diffusion.run_steps(denoise, x, seed, start, steps, sampler, eta, clip)
+
+            self._samplers[key] = compile_with_model(self.unet, run)
+        return self._samplers[key]
+
+    def _inference_low_res(self, low_res_images, level, truncated, seed):
+        low = ops.convert_to_tensor(np.asarray(low_res_images, "float32"))
+        if not isinstance(self.augmentation, GaussianConditioningAugmentation):
+            return {"low_res_images": low}
+        aug = self.augmentation
+        if not isinstance(level, (int, np.integer)) or not 0 <= level <= aug.num_timesteps:
+            raise ValueError(
+                f"`augmentation_level` must be an integer in [0, {aug.num_timesteps}]. "
+                f"Received: augmentation_level={level!r}"
+            )
+        levels = ops.full((low.shape[0],), level, "int32")
+        if not truncated:
+            low = aug.augment(low, levels, stateless_normal(low.shape, seed, _AUGMENTATION_NOISE))
+        return {"low_res_images": low, "augmentation_levels": ops.cast(levels, "float32")}
+
+    def _check_generate_args(self, labels, num_images, low_res_images):
+        if self.unet.num_classes is not None:
+            if labels is None:
+                raise ValueError("This stage is class-conditional: pass `labels`. Received: labels=None")
+            labels = _check_labels(np.asarray(labels).reshape(-1), self.unet.num_classes)
+            batch = len(labels)
+        else:
+            if labels is not None:
+                raise ValueError(f"This stage is unconditional: do not pass `labels`. Received: labels={labels!r}")
+            batch = num_images if num_images is not None else (
+                None if low_res_images is None else len(low_res_images))
+            if not isinstance(batch, (int, np.integer)) or batch < 1:
+                raise ValueError(f"`num_images` must be a positive integer. Received: num_images={num_images!r}")
+        if (low_res_images is None) != (self.unet.low_res_size is None):
+            raise ValueError(
+                "`low_res_images` is required for a super-resolution stage and not allowed for a base stage. "
+                f"Received: low_res_images={'given' if low_res_images is not None else None}, "
+                f"low_res_size={self.unet.low_res_size}"
+            )
+        if low_res_images is not None:
+            shape = tuple(np.shape(low_res_images))
+            _check_images(self.unet, shape, "low_res_images", self.unet.low_res_size)
+            if shape[0] != batch:
+                raise ValueError(f"`low_res_images` must hold {batch} images, one per label. Received: {shape[0]}")
+        return labels, int(batch)
+
+    @contextlib.contextmanager
+    def _ema_weights(self, use_ema):
+        """Temporarily loads the optimizer's EMA of the weights (if any)."""
+        optimizer = getattr(self, "optimizer", None)
+        if not use_ema or optimizer is None or not optimizer.use_ema or not optimizer.built:
+            yield
+            return
+        variables = self.unet.trainable_variables
+        saved = [ops.convert_to_numpy(v) for v in variables]
+        optimizer.finalize_variable_values(variables)
+        try:
+            yield
+        finally:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+
+    # -- config ---------------------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "unet": keras.saving.serialize_keras_object(self.unet),
+            "diffusion": keras.saving.serialize_keras_object(self.diffusion),
+            "augmentation": None if self.augmentation is None else keras.saving.serialize_keras_object(
+                self.augmentation),
+            "random_flip": self.random_flip,
+            "low_res_interpolation": self.low_res_interpolation,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _deserialize(obj, classes, name):
+    if isinstance(obj, dict):
+        obj = keras.saving.deserialize_keras_object(obj, safe_mode=True)
+    if not isinstance(obj, classes):
+        allowed = [c.__name__ for c in (classes if isinstance(classes, tuple) else (classes,))]
+        raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={type(obj).__name__}")
+    return obj
+
+
+def _check_stage(unet, diffusion, augmentation):
+    if unet.conditioning != diffusion.conditioning:
+        raise ValueError(
+            f"The U-Net and the diffusion must use the same conditioning. "
+            f"Received: unet.conditioning={unet.conditioning!r}, diffusion.conditioning={diffusion.conditioning!r}"
+        )
+    if unet.learned_variance != (diffusion.variance == "learned_range"):
+        raise ValueError(
+            "A U-Net with `learned_variance=True` goes with variance='learned_range', and only with it. "
+            f"Received: learned_variance={unet.learned_variance}, variance={diffusion.variance!r}"
+        )
+    gaussian = isinstance(augmentation, GaussianConditioningAugmentation)
+    if augmentation is not None and unet.low_res_size is None:
+        raise ValueError("Conditioning augmentation applies to super-resolution stages (a U-Net with "
+                         f"`low_res_size`). Received: augmentation={type(augmentation).__name__}")
+    if gaussian != unet.augmentation_level_embedding:
+        raise ValueError(
+            "Gaussian conditioning augmentation and the U-Net's `augmentation_level_embedding` go together. "
+            f"Received: augmentation={type(augmentation).__name__}, "
+            f"augmentation_level_embedding={unet.augmentation_level_embedding}"
+        )
+
+
+def _check_images(unet, shape, name, size=None):
+    size = size or unet.image_size
+    expected = (size, size, unet.image_channels)
+    if len(shape) != 4 or tuple(shape[1:]) != expected:
+        raise ValueError(
+            f"`{name}` must have shape (batch, {size}, {size}, {unet.image_channels}) for this stage. "
+            f"Received: {name}.shape={shape}"
+        )
+
+
+def _check_labels(labels, num_classes):
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
+                        or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)] if np.issubdtype(labels.dtype, np.number) else labels
+        raise ValueError(
+            f"Labels must be integers in [0, {num_classes}). Received: labels outside it: {bad[:10].tolist()}"
+        )
+    return labels.astype("int32")
+
+
+def _check_data(model, x):
+    """Checks a dataset's shapes (and the labels it holds in memory) before training."""
+    batch = None
+    if isinstance(x, dict):
+        batch = x
+    elif hasattr(x, "element_spec") and hasattr(x, "take"):  # tf.data: check the first batch
+        for element in x.take(1):
+            batch = element[0] if isinstance(element, tuple) else element
+    if batch is None:
+        return
+    if not isinstance(batch, dict) or "images" not in batch:
+        raise ValueError(f"Batches must be dicts with 'images' (and 'labels'). Received: {type(batch).__name__}")
+    _check_images(model.unet, tuple(np.shape(batch["images"])), "images")
+    if model.unet.num_classes is not None:
+        if "labels" not in batch:
+            raise ValueError(f"This stage is class-conditional: batches need 'labels'. Received keys: {sorted(batch)}")
+        _check_labels(np.asarray(batch["labels"]).reshape(-1), model.unet.num_classes)
+
+
+def _show_progress(verbose, total):
+    if verbose == "auto":
+        return total >= 100
+    return bool(verbose)
