@@ -297,6 +297,32 @@ class DiffusionModel(keras.Model):
             for variable, value in zip(variables, saved):
                 variable.assign(value)
 
+    # -- exact resume: the random streams are part of the saved state -------------------
+
+    def _seed_states(self):
+        return [v for v in self.non_trainable_variables if v.name == "seed_generator_state"]
+
+    def save_own_variables(self, store):
+        """Also saves the state of every seed generator (training draws, augmentation,
+        dropout), so that a run restored by `BackupAndRestore` continues the same
+        random streams as an uninterrupted run."""
+        super().save_own_variables(store)
+        for i, state in enumerate(self._seed_states()):
+            store[f"seed_state_{i}"] = ops.convert_to_numpy(state)
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        super().load_own_variables({k: store[k] for k in keys if not k.startswith("seed_state_")})
+        states = self._seed_states()
+        saved = [k for k in keys if k.startswith("seed_state_")]
+        if saved and len(saved) != len(states):
+            raise ValueError(
+                f"The weights file holds {len(saved)} seed-generator states but this model has {len(states)}: "
+                "it was saved from a different architecture."
+            )
+        for i, state in enumerate(states if saved else []):
+            state.assign(store[f"seed_state_{i}"])
+
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:
             return None
