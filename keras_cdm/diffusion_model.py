@@ -115,7 +115,7 @@ class DiffusionModel(keras.Model):
         loss = ops.mean(terms["loss"])
         if self.losses:
             loss = loss + ops.sum(self.losses)
-        return loss
+        return _scale_for_replicas(loss)
 
     def fit(self, x=None, *args, **kwargs):
         """Keras `fit`, except that the weights stay the training weights.
@@ -424,6 +424,19 @@ def _check_data(model, x):
         if "labels" not in batch:
             raise ValueError(f"This stage is class-conditional: batches need 'labels'. Received keys: {sorted(batch)}")
         _check_labels(np.asarray(batch["labels"]).reshape(-1), model.unet.num_classes)
+
+
+def _scale_for_replicas(loss):
+    """Under a `tf.distribute` strategy each replica returns its share of the mean
+    loss (Keras sums the replicas' gradients and unscales the reported loss), as
+    Keras' own `compute_loss` does; JAX distributions compute the global mean."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss / replicas
+    return loss
 
 
 def _show_progress(verbose, total):
