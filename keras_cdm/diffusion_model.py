@@ -138,6 +138,29 @@ class DiffusionModel(keras.Model):
         _check_data(self, x)
         return super().evaluate(x, *args, **kwargs)
 
+    # -- MultiWorkerMirroredStrategy: two Keras 3.15 limitations, worked around --------
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        if _multi_worker_strategy(self) is None:
+            return logs
+        # Keras reduces each log across workers with strategy.reduce("MEAN", v, axis=0),
+        # which needs an axis: give every scalar one (the reduction returns a scalar).
+        return {key: ops.reshape(value, (1,)) for key, value in logs.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TensorFlow trainer hook: Keras takes one batch to build the optimizer by
+        # strategy.reduce("MEAN", batch), which a multi-worker strategy cannot do for a
+        # dict batch; hand Keras the first replica's local batch instead.
+        strategy = _multi_worker_strategy(self)
+        if strategy is not None and iterator is not None and data_batch is None:
+            local = lambda v: strategy.experimental_local_results(v)[0]  # noqa: E731
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(local, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def downsample(self, images):
         """The low-resolution conditioning of `images` (anti-aliased, clipped to [-1, 1])."""
         size = self.unet.low_res_size
@@ -437,6 +460,16 @@ def _scale_for_replicas(loss):
         if replicas > 1:
             loss = loss / replicas
     return loss
+
+
+def _multi_worker_strategy(model):
+    """The model's tf.distribute MultiWorkerMirroredStrategy, if it has one."""
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None or keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return strategy if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else None
 
 
 def _show_progress(verbose, total):
