@@ -80,7 +80,7 @@ class DiffusionUNet(keras.Model):
     ...                      num_classes=10, num_groups=8)
     >>> out = unet({"noisy_images": np.zeros((2, 16, 16, 3)),
     ...             "timesteps": np.array([1, 5]), "labels": np.array([0, 9])})
-    >>> out.shape
+    >>> keras.ops.shape(out)
     (2, 16, 16, 3)
     """
 

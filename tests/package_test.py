@@ -32,6 +32,20 @@ def test_public_api_is_pinned():
     assert all(hasattr(keras_cdm, name) for name in keras_cdm.__all__)
 
 
+@pytest.mark.parametrize("name", ["DiffusionUNet", "GaussianDiffusion", "DiffusionModel"])
+def test_docstring_examples_run(name):
+    import doctest
+
+    import keras
+    import numpy as np
+
+    obj = getattr(keras_cdm, name)
+    globs = {"np": np, "keras": keras, **{n: getattr(keras_cdm, n) for n in keras_cdm.__all__}}
+    (test,) = [t for t in doctest.DocTestFinder().find(obj, name, globs=globs) if t.name == name]
+    result = doctest.DocTestRunner().run(test, out=lambda s: None)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_core_modules_do_not_import_tensorflow():
     code = (
         "import sys, keras_cdm, keras_cdm.cli; "

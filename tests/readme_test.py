@@ -1,4 +1,8 @@
-"""The README's Python examples run as written (paper-size builds are left to `large`)."""
+"""The README's ```python examples run as written (paper-size builds are left to `large`).
+
+Fragments that need context (a multi-GPU machine, a user's dataset) are fenced ```py
+and are not run.
+"""
 
 import re
 from pathlib import Path
