@@ -69,7 +69,7 @@ class GaussianDiffusion:
             schedule=check_choice("schedule", schedule, sched.SCHEDULES),
             beta_start=beta_start,
             beta_end=beta_end,
-            section_counts=section_counts if isinstance(section_counts, (str, type(None))) else list(section_counts),
+            section_counts=list(section_counts) if isinstance(section_counts, (list, tuple)) else section_counts,
             prediction=check_choice("prediction", prediction, PREDICTIONS),
             variance=check_choice("variance", variance, VARIANCES),
             loss=check_choice("loss", loss, LOSSES),

@@ -277,6 +277,7 @@ def test_config_is_json_round_trippable_and_registered():
     assert clone.get_config() == config
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(d))
     assert isinstance(restored, GaussianDiffusion) and restored.num_timesteps == 15
+    assert d.respace(100).num_timesteps == 100 and d.respace(100).get_config()["section_counts"] == 100
 
 
 @pytest.mark.parametrize(
