@@ -202,7 +202,8 @@ class DiffusionModel(keras.Model):
         Args:
             labels: class labels, one per image (class-conditional stages).
             num_images: number of images for unconditional stages.
-            seed: integer seed; the same seed gives the same images.
+            seed: integer seed; the same seed gives the same images (None: a
+                random one).
             num_steps: respace the reverse process: an int (e.g. 100), or
                 section counts such as "ddim50"; None uses all training steps.
             sampler: "ancestral" or "ddim" (with `eta`).
@@ -219,6 +220,10 @@ class DiffusionModel(keras.Model):
             verbose: "auto" shows a progress bar for chains of 100+ steps.
         """
         labels, batch = self._check_generate_args(labels, num_images, low_res_images)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
+            raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
         diffusion = self.diffusion
         if num_steps is not None:
             diffusion = diffusion.respace(str(num_steps) if isinstance(num_steps, int) else num_steps)

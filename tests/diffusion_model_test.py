@@ -95,6 +95,8 @@ def test_generate_is_deterministic_in_the_seed_and_respaces(trained_base):
     assert np.abs(a - trained_base.generate(labels=[1, 2], seed=8)).max() > 1e-3
     assert a.shape == (2, 8, 8, 1) and a.dtype == np.float32 and np.abs(a).max() <= 1.0 + 1e-6
     assert trained_base.generate(labels=[3], seed=0, num_steps=5).shape == (1, 8, 8, 1)
+    unseeded = [trained_base.generate(labels=[3], seed=None, num_steps=5) for _ in range(2)]
+    assert np.abs(unseeded[0] - unseeded[1]).max() > 1e-3  # seed=None draws a fresh seed
     ddim = trained_base.generate(labels=[3], seed=0, num_steps="ddim4", sampler="ddim")
     np.testing.assert_array_equal(ddim, trained_base.generate(labels=[3], seed=0, num_steps="ddim4", sampler="ddim"))
 
@@ -216,11 +218,14 @@ def test_fit_rejects_bad_data_before_any_compute(data, message):
          "`stop_step` must be None or an integer in [0, start_step) = [0, 19). Received: stop_step=20"),
         ({"labels": [0], "low_res_images": np.zeros((1, 8, 8, 1)), "sampler": "heun"},
          "`sampler` must be one of ['ancestral', 'ddim']"),
+        ({"labels": [0], "low_res_images": np.zeros((1, 8, 8, 1)), "seed": 1.5},
+         "`seed` must be None or an integer in [0, 2**31). Received: seed=1.5"),
     ],
 )
 def test_generate_rejects_bad_arguments(kwargs, message):
+    kwargs = {"seed": 0, **kwargs}
     with pytest.raises(ValueError) as info:
-        sr_stage().generate(seed=0, **kwargs)
+        sr_stage().generate(**kwargs)
     assert message in str(info.value)
 
 
