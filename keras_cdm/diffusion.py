@@ -359,7 +359,7 @@ class GaussianDiffusion:
         """
         start = self.num_timesteps - 1 if start_step is None else start_step
         stop = -1 if stop_step is None else stop_step
-        self._check_steps(start, stop)
+        self.check_steps(start, stop)
         return self.run_steps(denoise_fn, x, seed, start, start - stop, sampler, eta, clip_denoised)
 
     def run_steps(self, denoise_fn, x, seed, start_step, num_steps, sampler="ancestral", eta=0.0,
@@ -381,7 +381,8 @@ class GaussianDiffusion:
         """x_T ~ N(0, I) for `sample_loop`, a pure function of `seed`."""
         return stateless_normal(shape, seed, 0)
 
-    def _check_steps(self, start, stop):
+    def check_steps(self, start, stop):
+        """Raises a ValueError unless 0 <= start <= T-1 and -1 <= stop < start (stop -1: run to x_0)."""
         last = self.num_timesteps - 1
         if not isinstance(start, (int, np.integer)) or not 0 <= start <= last:
             raise ValueError(f"`start_step` must be an integer in [0, {last}]. Received: start_step={start!r}")

@@ -226,10 +226,10 @@ class DiffusionModel(keras.Model):
             raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
         diffusion = self.diffusion
         if num_steps is not None:
-            diffusion = diffusion.respace(str(num_steps) if isinstance(num_steps, int) else num_steps)
+            diffusion = diffusion.respace(num_steps)
         start = diffusion.num_timesteps - 1
         stop = -1 if stop_step is None else stop_step
-        diffusion._check_steps(start, stop)
+        diffusion.check_steps(start, stop)
         conditioning = {} if labels is None else {"labels": ops.convert_to_tensor(labels, "int32")}
         if low_res_images is not None:
             conditioning.update(self._inference_low_res(low_res_images, augmentation_level, truncated, seed))

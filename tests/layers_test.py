@@ -246,7 +246,7 @@ LAYER_CASES = {
 def test_layer_serialization_round_trip(name):
     make, args = LAYER_CASES[name]
     layer = make()
-    out = to_numpy(layer(*args))
+    layer(*args)  # builds the weights
     randomize_weights(layer)
     out = to_numpy(layer(*args))
     clone = assert_config_round_trip(layer)
