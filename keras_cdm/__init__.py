@@ -13,12 +13,15 @@ from keras_cdm.layers import (
 from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
 from keras_cdm.diffusion import GaussianDiffusion
 from keras_cdm.diffusion_model import DiffusionModel
-from keras_cdm.presets import list_presets, unet_from_preset
+from keras_cdm.pipeline import CascadedDiffusionPipeline
+from keras_cdm.presets import list_presets, unet_from_preset, upload_preset
+from keras_cdm.visualization import image_grid, save_image_grid
 from keras_cdm.unet import DiffusionUNet
 
 __all__ = [
     "AttentionBlock",
     "BlurConditioningAugmentation",
+    "CascadedDiffusionPipeline",
     "ClassEmbedding",
     "DiffusionModel",
     "DiffusionUNet",
@@ -29,6 +32,9 @@ __all__ = [
     "TimestepEmbedding",
     "Upsample",
     "__version__",
+    "image_grid",
     "list_presets",
+    "save_image_grid",
     "unet_from_preset",
+    "upload_preset",
 ]

@@ -14,14 +14,63 @@ def _cmd_presets(args):
 
 
 def _cmd_architecture(args):
+    from keras_cdm import presets
+    from keras_cdm.pipeline import CascadedDiffusionPipeline
+
     start = time.perf_counter()
-    unet = keras_cdm.unet_from_preset(args.preset, **({"dtype": args.dtype} if args.dtype else {}))
+    if presets.preset_kind(presets.builtin_preset_path(args.preset)) == "cascade":
+        if args.dtype:
+            raise ValueError(f"--dtype applies to stage presets; {args.preset!r} is a cascade. Received: {args.dtype!r}")
+        stages = CascadedDiffusionPipeline.from_preset(args.preset, load_weights=False).stages
+        units = [(stage.name, stage.unet) for stage in stages]
+    else:
+        units = [(args.preset, keras_cdm.unet_from_preset(args.preset, **({"dtype": args.dtype} if args.dtype else {})))]
     seconds = time.perf_counter() - start
-    if not args.no_summary:
-        unet.summary(line_length=110)
+    for name, unet in units:
+        if not args.no_summary:
+            unet.summary(line_length=110)
+        print(f"{name}: {unet.count_params():,} parameters")
+    if len(units) > 1:
+        print(f"{args.preset}: {sum(unet.count_params() for _, unet in units):,} parameters in {len(units)} stages")
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"{args.preset}: {unet.count_params():,} parameters")
     print(f"built in {seconds:.1f} s; peak resident memory {peak_gib:.2f} GiB")
+
+
+def _cmd_sample(args):
+    import warnings
+
+    from keras_cdm.pipeline import CascadedDiffusionPipeline
+    from keras_cdm.visualization import save_image_grid
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline = CascadedDiffusionPipeline.from_preset(args.preset, revision=args.revision)
+    for warning in caught:
+        print(f"keras-cdm: warning: {warning.message}", file=sys.stderr)
+    _apply_steps(pipeline, args.steps)
+    start = time.perf_counter()
+    images = pipeline.generate(labels=args.labels, num_images=args.num_images, seed=args.seed,
+                               batch_size=args.batch_size, verbose=not args.quiet)
+    seconds = time.perf_counter() - start
+    path = save_image_grid(images, args.out, labels=args.labels, columns=args.columns)
+    print(f"wrote {len(images)} samples ({images.shape[1]}x{images.shape[2]}) to {path} in {seconds:.1f} s")
+
+
+def _apply_steps(pipeline, steps):
+    if not steps:
+        return
+    if len(steps) not in (1, len(pipeline.stages)):
+        raise ValueError(f"--steps takes one value, or one per stage ({len(pipeline.stages)}: "
+                         f"{pipeline.stage_names}). Received: {len(steps)} values")
+    for k, value in enumerate(steps * len(pipeline.stages) if len(steps) == 1 else steps):
+        pipeline.set_sampling(k, num_steps=None if value in ("all", "full") else (
+            int(value) if value.isdigit() else value))
+
+
+def _cmd_upload(args):
+    url = keras_cdm.upload_preset(args.handle, args.folder, private=args.private or None,
+                                  commit_message=args.message)
+    print(f"uploaded {args.folder} to {args.handle}: {url}")
 
 
 def build_parser():
@@ -37,12 +86,33 @@ def build_parser():
 
     arch = commands.add_parser(
         "architecture",
-        help="build a preset's U-Net (random weights) and print its summary and parameter count",
+        help="build a preset's U-Nets (random weights) and print their summaries and parameter counts",
     )
     arch.add_argument("preset", help="a built-in preset name (see `keras-cdm presets`)")
     arch.add_argument("--dtype", help='dtype policy, e.g. "mixed_bfloat16"')
     arch.add_argument("--no-summary", action="store_true", help="print only the parameter count")
     arch.set_defaults(func=_cmd_architecture)
+
+    sample = commands.add_parser("sample", help="sample a cascade (or one stage) and write a labelled PNG grid")
+    sample.add_argument("--preset", required=True, help="a built-in name, a preset folder or hf://owner/repo")
+    sample.add_argument("--revision", help="a Hub revision (branch, tag or commit) for hf:// presets")
+    sample.add_argument("--labels", type=int, nargs="+", help="class labels, one per image")
+    sample.add_argument("--num-images", type=int, help="number of images (unconditional cascades)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--out", required=True, help="the PNG file to write")
+    sample.add_argument("--steps", nargs="+", metavar="N",
+                        help='sampling steps: one value for every stage or one per stage ("100", "ddim25", "all")')
+    sample.add_argument("--batch-size", type=int, default=16, help="images per call of a stage (default 16)")
+    sample.add_argument("--columns", type=int, help="images per row of the grid")
+    sample.add_argument("--quiet", action="store_true", help="no progress bars")
+    sample.set_defaults(func=_cmd_sample)
+
+    upload = commands.add_parser("upload", help="upload a preset folder to the Hugging Face Hub")
+    upload.add_argument("folder", help="a preset folder written by save_to_preset")
+    upload.add_argument("handle", help="hf://owner/repo[/subfolder]")
+    upload.add_argument("--private", action="store_true", help="create the repository as private")
+    upload.add_argument("--message", help="commit message")
+    upload.set_defaults(func=_cmd_upload)
     return parser
 
 
@@ -54,7 +124,7 @@ def main(argv=None):
         return 0
     try:
         args.func(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         parser.exit(2, f"keras-cdm: error: {error}\n")
     return 0
 

@@ -349,7 +349,8 @@ class GaussianDiffusion:
             x: the sample at step `start_step`: pure noise (`initial_noise`) to
                 sample from scratch, or e.g. `q_sample(x_0, s, noise)` to restart
                 the reverse process from a re-noised sample.
-            seed: integer seed (Python int or scalar tensor) of the step noises.
+            seed: integer seed (Python int or scalar tensor) of the step noises,
+                or a vector of one seed per example (see `stateless_normal`).
             start_step: step of `x`; defaults to T-1 (pure noise).
             stop_step: None to run down to x_0; s to stop early and return the
                 sample at step s (z_s, for truncated conditioning augmentation).
@@ -429,10 +430,23 @@ _SEED_SLOT = []
 def stateless_normal(shape, seed, counter):
     """N(0, 1) draws that are a pure function of `(seed, counter)`.
 
-    Works inside compiled loops on every backend: a Keras `SeedGenerator` is
-    used only as a slot whose state is mapped to `[seed, counter]` in a
-    `keras.StatelessScope`.
+    `seed` is a scalar (one stream for the whole tensor) or a vector of one
+    seed per example (`shape[0]` of them): example i then gets the draw of
+    `(seed[i], counter)` whatever the batch it is in, so a batch of 4 gives the
+    same samples as four batches of 1. Works inside compiled loops on every
+    backend: a Keras `SeedGenerator` is used only as a slot whose state is
+    mapped to `[seed, counter]` in a `keras.StatelessScope`.
     """
+    if len(getattr(seed, "shape", ())) == 1:
+        example_shape = tuple(shape[1:])
+        # JAX vectorizes the draws; TensorFlow's vectorizer has no rule for stateless
+        # random ops and would warn and loop anyway, so loop explicitly there.
+        per_example = ops.vectorized_map if keras.backend.backend() == "jax" else ops.map
+        return per_example(lambda s: _stateless_normal(example_shape, s, counter), seed)
+    return _stateless_normal(shape, seed, counter)
+
+
+def _stateless_normal(shape, seed, counter):
     if not _SEED_SLOT:
         _SEED_SLOT.append(keras.random.SeedGenerator(0, name="keras_cdm_seed_slot"))
     slot = _SEED_SLOT[0]
@@ -440,3 +454,15 @@ def stateless_normal(shape, seed, counter):
     state = ops.stack([ops.cast(seed, dtype), ops.cast(counter, dtype)])
     with keras.StatelessScope(state_mapping=[(slot.state, state)]):
         return keras.random.normal(shape, seed=slot)
+
+
+def example_seeds(seed, indices, stream=0):
+    """One seed per example: a pure function of (`seed`, `stream`, example index).
+
+    A cascade draws stage k of example i from `example_seeds(seed, [i], k)`,
+    so results do not depend on how a request is split into batches.
+    """
+    return np.asarray(
+        [np.random.SeedSequence([int(seed), int(stream), int(i)]).generate_state(1)[0] >> 1 for i in indices],
+        dtype=np.int32,
+    )

@@ -17,7 +17,7 @@ from keras import ops
 from keras_cdm._compile import compile_with_model
 from keras_cdm._validation import check_choice
 from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
-from keras_cdm.diffusion import GaussianDiffusion, stateless_normal
+from keras_cdm.diffusion import GaussianDiffusion, example_seeds, stateless_normal
 from keras_cdm.unet import INTERPOLATIONS, DiffusionUNet
 
 _AUGMENTATION_NOISE = 2**31 - 1  # noise counter of non-truncated augmentation, apart from step counters
@@ -196,16 +196,17 @@ class DiffusionModel(keras.Model):
 
     def generate(self, labels=None, num_images=None, seed=0, num_steps=None, sampler="ancestral", eta=0.0,
                  clip_denoised=True, low_res_images=None, augmentation_level=0, truncated=False,
-                 stop_step=None, use_ema=True, verbose="auto"):
+                 stop_step=None, noise_schedule=None, use_ema=True, verbose="auto"):
         """Samples this stage alone; returns float32 NHWC numpy images in [-1, 1].
 
         Args:
             labels: class labels, one per image (class-conditional stages).
             num_images: number of images for unconditional stages.
             seed: integer seed; the same seed gives the same images (None: a
-                random one).
+                random one). Image i is drawn from `example_seeds(seed, [i])`;
+                a sequence of such per-example seeds is accepted too.
             num_steps: respace the reverse process: an int (e.g. 100), or
-                section counts such as "ddim50"; None uses all training steps.
+                section counts such as "ddim50"; None uses all its steps.
             sampler: "ancestral" or "ddim" (with `eta`).
             clip_denoised: clip the predicted x_0 to [-1, 1] at every step.
             low_res_images: the conditioning of a super-resolution stage, in
@@ -216,29 +217,29 @@ class DiffusionModel(keras.Model):
                 to s (non-truncated augmentation).
             stop_step: stop the reverse process early and return the sample at
                 that step (of the respaced process), e.g. z_s for truncation.
+            noise_schedule: continuous-noise stages only (section 4.4): the
+                inference schedule, independent of the training one, as a dict
+                of `GaussianDiffusion` arguments, e.g.
+                `{"schedule": "linear", "num_timesteps": 100}`, or a
+                `GaussianDiffusion`. None samples the training schedule.
             use_ema: sample with the optimizer's EMA weights when they exist.
             verbose: "auto" shows a progress bar for chains of 100+ steps.
         """
         labels, batch = self._check_generate_args(labels, num_images, low_res_images)
-        if seed is None:
-            seed = int(np.random.randint(0, 2**31 - 1))
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
-            raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
-        diffusion = self.diffusion
-        if num_steps is not None:
-            diffusion = diffusion.respace(num_steps)
+        seeds = _per_example_seeds(seed, batch)
+        diffusion = self.inference_diffusion(num_steps, noise_schedule)
         start = diffusion.num_timesteps - 1
         stop = -1 if stop_step is None else stop_step
         diffusion.check_steps(start, stop)
         conditioning = {} if labels is None else {"labels": ops.convert_to_tensor(labels, "int32")}
         if low_res_images is not None:
-            conditioning.update(self._inference_low_res(low_res_images, augmentation_level, truncated, seed))
+            conditioning.update(self._inference_low_res(low_res_images, augmentation_level, truncated, seeds))
         shape = (batch, self.unet.image_size, self.unet.image_size, self.unet.image_channels)
-        x = diffusion.initial_noise(shape, seed)
+        x = diffusion.initial_noise(shape, seeds)
         total = start - stop
         chunk = total if not _show_progress(verbose, total) else max(1, math.ceil(total / 20))
         progress = keras.utils.Progbar(total, unit_name="step") if chunk < total else None
-        seed_tensor = ops.convert_to_tensor(seed, "int32")
+        seed_tensor = ops.convert_to_tensor(seeds, "int32")
         with self.ema_weights(use_ema):
             done = 0
             while done < total:
@@ -249,6 +250,22 @@ class DiffusionModel(keras.Model):
                 if progress is not None:
                     progress.update(done)
         return np.asarray(ops.convert_to_numpy(x))
+
+    def inference_diffusion(self, num_steps=None, noise_schedule=None):
+        """The process `generate` runs: the training one, or the inference
+        `noise_schedule` of a continuous-noise stage; respaced to `num_steps`."""
+        diffusion = self.diffusion
+        if noise_schedule is not None:
+            if diffusion.conditioning != "noise_level":
+                raise ValueError(
+                    "`noise_schedule` needs a stage trained with continuous noise conditioning "
+                    "(conditioning='noise_level'); this one is conditioned on timesteps. "
+                    f"Received: noise_schedule={noise_schedule!r}"
+                )
+            diffusion = _inference_schedule(diffusion, noise_schedule)
+        if num_steps is not None:
+            diffusion = diffusion.respace(num_steps)
+        return diffusion
 
     def _sampler(self, diffusion, steps, sampler, eta, clip, keys):
         key = (repr(diffusion), steps, sampler, eta, clip, tuple(keys))
@@ -264,7 +281,7 @@ class DiffusionModel(keras.Model):
             self._samplers[key] = compile_with_model(self.unet, run)
         return self._samplers[key]
 
-    def _inference_low_res(self, low_res_images, level, truncated, seed):
+    def _inference_low_res(self, low_res_images, level, truncated, seeds):
         low = ops.convert_to_tensor(np.asarray(low_res_images, "float32"))
         if not isinstance(self.augmentation, GaussianConditioningAugmentation):
             return {"low_res_images": low}
@@ -276,7 +293,8 @@ class DiffusionModel(keras.Model):
             )
         levels = ops.full((low.shape[0],), level, "int32")
         if not truncated:
-            low = aug.augment(low, levels, stateless_normal(low.shape, seed, _AUGMENTATION_NOISE))
+            noise = stateless_normal(low.shape, ops.convert_to_tensor(seeds, "int32"), _AUGMENTATION_NOISE)
+            low = aug.augment(low, levels, noise)
         return {"low_res_images": low, "augmentation_levels": ops.cast(levels, "float32")}
 
     def _check_generate_args(self, labels, num_images, low_res_images):
@@ -360,6 +378,38 @@ class DiffusionModel(keras.Model):
         self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
         self.optimizer.build(self.trainable_variables)
 
+    # -- presets ------------------------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, revision=None):
+        """Builds a stage from a preset: a built-in name (see `list_presets()`), a
+        local folder, or `hf://owner/repo[@revision][/subfolder]`.
+
+        The parameter count is checked against the preset's `metadata.json`;
+        weights are loaded when the preset has them. A preset without weights
+        (the paper's built-ins) gives a randomly initialised stage and one
+        warning, unless `load_weights=False`.
+        """
+        from keras_cdm import presets
+
+        folder, _ = presets.resolve_preset(preset, revision)
+        model, random = presets.load_stage(folder, load_weights, label=str(preset))
+        if random:
+            presets.warn_random_weights(preset)
+        return model
+
+    def save_to_preset(self, folder, overwrite=False, include_weights=True, description=None):
+        """Writes this stage as a preset folder (`config.json`, `metadata.json` and
+        `model.weights.h5` with the EMA weights when the optimizer has them).
+
+        The folder is written atomically; an existing one is replaced only with
+        `overwrite=True`. Returns the folder's path.
+        """
+        from keras_cdm import presets
+
+        return presets.write_atomically(
+            folder, lambda tmp: presets.write_stage(self, tmp, include_weights, description), overwrite)
+
     # -- config ---------------------------------------------------------------------
 
     def get_config(self):
@@ -410,6 +460,40 @@ def _check_stage(unet, diffusion, augmentation):
             f"Received: augmentation={type(augmentation).__name__}, "
             f"augmentation_level_embedding={unet.augmentation_level_embedding}"
         )
+
+
+_SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end")
+
+
+def _inference_schedule(diffusion, noise_schedule):
+    if isinstance(noise_schedule, GaussianDiffusion):
+        if noise_schedule.conditioning != "noise_level":
+            raise ValueError("An inference `noise_schedule` must use conditioning='noise_level'. "
+                             f"Received: {noise_schedule!r}")
+        return noise_schedule
+    if not isinstance(noise_schedule, dict) or not set(noise_schedule) <= set(_SCHEDULE_KEYS):
+        raise ValueError(
+            f"`noise_schedule` must be a GaussianDiffusion or a dict with keys among {list(_SCHEDULE_KEYS)}. "
+            f"Received: noise_schedule={noise_schedule!r}"
+        )
+    return GaussianDiffusion(**{**diffusion.get_config(), "section_counts": None, "beta_start": None,
+                                "beta_end": None, **noise_schedule})
+
+
+def _per_example_seeds(seed, batch):
+    """`seed` (int, None or one seed per example) as a vector of per-example seeds."""
+    if seed is None:
+        seed = int(np.random.randint(0, 2**31 - 1))
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < 2**31:
+        return example_seeds(seed, range(batch))
+    seeds = np.asarray(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
+    if (seeds is None or seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer)
+            or seeds.min() < 0 or seeds.max() >= 2**31):
+        raise ValueError(
+            f"`seed` must be None, an integer in [0, 2**31), or {batch} such integers (one per image). "
+            f"Received: seed={seed!r}"
+        )
+    return seeds.astype("int32")
 
 
 def _check_images(unet, shape, name, size=None):

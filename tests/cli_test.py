@@ -46,14 +46,45 @@ def test_architecture_prints_summary_and_parameter_count(capsys, tiny_presets): 
     "argv,message",
     [
         (["architecture", "cdm_imagenet32"], "Unknown preset. Valid names:"),
-        (["architecture", "cdm_imagenet32_base", "--dtype", "float8"], "`dtype` must be None or a Keras dtype policy"),
-        (["sample"], "invalid choice: 'sample'"),
+        (["architecture", "tiny_stage", "--dtype", "float8"], "`dtype` must be None or a Keras dtype policy"),
+        (["evaluate"], "invalid choice: 'evaluate'"),
+        (["sample", "--preset", "tiny_cascad", "--labels", "1", "--out", "x.png"], "Did you mean 'tiny_cascade'?"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "7", "--out", "x.png"],
+         "`labels` must be a non-empty list of integers in [0, 3)"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.png", "--steps", "2", "3"],
+         "--steps takes one value, or one per stage (3: ['base', 'sr16', 'sr32']). Received: 2 values"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.jpg"], "the path must end in .png"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.png", "--batch-size", "0"],
+         "`batch_size` must be a positive integer"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "x", "--out", "x.png"], "invalid int value: 'x'"),
+        (["architecture", "tiny_cascade", "--dtype", "mixed_bfloat16"], "--dtype applies to stage presets"),
+        (["upload", "nowhere", "hf://me/repo"], "Preset folder not found"),
     ],
 )
-def test_bad_arguments_give_one_line_error_and_exit_2(capsys, argv, message):
+def test_bad_arguments_give_one_line_error_and_exit_2(capsys, tiny_presets, argv, message):  # noqa: F811
     code, out, err = run(capsys, *argv)
     assert code == 2 and message in err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(("keras-cdm: error:", "usage"))
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(("keras-cdm: error:", "keras-cdm sample: error:", "usage"))
+
+
+def test_sample_writes_a_labelled_grid(capsys, tiny_presets, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    out = tmp_path / "grids" / "grid.png"
+    code, stdout, err = run(capsys, "sample", "--preset", "tiny_cascade", "--labels", "0", "1", "2", "1",
+                            "--seed", "3", "--out", str(out), "--steps", "all", "all", "4", "--batch-size", "2",
+                            "--columns", "2", "--quiet")
+    assert code == 0, err
+    assert f"wrote 4 samples (32x32) to {out}" in stdout
+    assert "keras-cdm: warning: Preset 'tiny_cascade' has no trained weights" in err
+    width, height = Image.open(out).size
+    assert width == 2 * (64 + 2) + 2 and height == 2 * (64 + 12 + 2) + 2  # 2x2 tiles of 64 px + captions
+
+
+def test_architecture_of_a_cascade_lists_every_stage(capsys, tiny_presets):  # noqa: F811
+    code, out, _ = run(capsys, "architecture", "tiny_cascade", "--no-summary")
+    assert code == 0
+    assert "base:" in out and "sr16:" in out and "sr32:" in out and "parameters in 3 stages" in out
 
 
 def test_console_script_is_installed():

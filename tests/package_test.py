@@ -16,6 +16,7 @@ def test_public_api_is_pinned():
     assert sorted(keras_cdm.__all__) == [
         "AttentionBlock",
         "BlurConditioningAugmentation",
+        "CascadedDiffusionPipeline",
         "ClassEmbedding",
         "DiffusionModel",
         "DiffusionUNet",
@@ -26,8 +27,11 @@ def test_public_api_is_pinned():
         "TimestepEmbedding",
         "Upsample",
         "__version__",
+        "image_grid",
         "list_presets",
+        "save_image_grid",
         "unet_from_preset",
+        "upload_preset",
     ]
     assert all(hasattr(keras_cdm, name) for name in keras_cdm.__all__)
 
@@ -69,6 +73,8 @@ def test_installed_wheel_carries_the_presets(tmp_path):
         names = archive.namelist()
         archive.extractall(tmp_path / "site")
     assert "keras_cdm/_presets/cdm_imagenet64_to_256/config.json" in names
+    assert "keras_cdm/_presets/cdm_imagenet256/cdm_imagenet64_to_256/model.weights.h5" not in names
+    assert "keras_cdm/_presets/cdm_imagenet256/config.json" in names
     assert any(n.endswith("entry_points.txt") for n in names)
     code = "import keras_cdm.presets as p; print(p.builtin_presets_dir()); print(sorted(p.list_presets()))"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}

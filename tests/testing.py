@@ -92,3 +92,30 @@ def mnist_digits(per_class=1, size=8, classes=range(10)):
     digits = np.pad(digits, [(0, 0), (2, 2), (2, 2), (0, 0)], constant_values=-1.0).astype("float32")
     resized = keras.ops.image.resize(digits, (size, size), antialias=True)
     return np.clip(to_numpy(resized), -1.0, 1.0), labels[index].astype("int32")
+
+
+def tiny_cascade(num_classes=3):
+    """An 8 -> 16 -> 32 grayscale cascade with random weights: a cosine base stage with
+    learned variances, a Gaussian-augmented upsampler (same 10-step process, so truncation
+    works) and a blur-augmented continuous-noise upsampler. Builds in about a second."""
+    from keras_cdm import (BlurConditioningAugmentation, CascadedDiffusionPipeline, DiffusionModel, DiffusionUNet,
+                           GaussianConditioningAugmentation, GaussianDiffusion)
+
+    tiny = dict(base_channels=8, channel_multipliers=(1,), num_res_blocks=1, attention_resolutions=(),
+                num_groups=4, image_channels=1, num_classes=num_classes)
+    hybrid = dict(variance="learned_range", loss="hybrid")
+    base = DiffusionModel(DiffusionUNet(image_size=8, learned_variance=True, **tiny),
+                          GaussianDiffusion(10, "cosine", **hybrid), name="base")
+    sr16 = DiffusionModel(
+        DiffusionUNet(image_size=16, low_res_size=8, learned_variance=True, augmentation_level_embedding=True, **tiny),
+        GaussianDiffusion(10, "cosine", **hybrid),
+        augmentation=GaussianConditioningAugmentation(max_level=5, num_timesteps=10), name="sr16")
+    sr32 = DiffusionModel(
+        DiffusionUNet(image_size=32, low_res_size=16, conditioning="noise_level", **tiny),
+        GaussianDiffusion(30, "linear", variance="fixed_large", conditioning="noise_level"),
+        augmentation=BlurConditioningAugmentation(), name="sr32")
+    for i, stage in enumerate((base, sr16, sr32)):
+        randomize_weights(stage.unet, seed=i, scale=0.1)
+    sampling = [{}, {"augmentation_level": 3, "truncated": True},
+                {"noise_schedule": {"schedule": "linear", "num_timesteps": 25}, "num_steps": 5}]
+    return CascadedDiffusionPipeline([base, sr16, sr32], sampling, description="tiny test cascade")

@@ -1,0 +1,149 @@
+"""CascadedDiffusionPipeline on a tiny 8 -> 16 -> 32 cascade with random weights."""
+
+import numpy as np
+import pytest
+
+from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, DiffusionUNet, GaussianDiffusion
+from keras_cdm.diffusion import example_seeds
+from keras_cdm.pipeline import from_uint8, to_uint8
+from tests.testing import tiny_cascade
+
+LABELS = [0, 2, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return tiny_cascade()
+
+
+@pytest.fixture(scope="module")
+def sampled(cascade):
+    return cascade.generate(labels=LABELS, seed=5, batch_size=4, return_intermediates=True)
+
+
+def test_generate_runs_every_stage_and_returns_uint8(cascade, sampled):
+    images, intermediates = sampled
+    assert images.dtype == np.uint8 and images.shape == (4, 32, 32, 1)
+    assert list(intermediates) == ["base", "sr16", "sr32"]
+    assert [v.shape[1] for v in intermediates.values()] == [8, 16, 32]
+    np.testing.assert_array_equal(intermediates["sr32"], images)
+    assert images.std() > 5  # not a constant image
+
+
+def test_same_seed_same_images_other_seed_other_images(cascade, sampled):
+    again = cascade.generate(labels=LABELS, seed=5, batch_size=4)
+    np.testing.assert_array_equal(again, sampled[0])
+    other = cascade.generate(labels=LABELS, seed=6, batch_size=4)
+    assert np.abs(other.astype(int) - sampled[0]).mean() > 1
+
+
+def test_a_batch_of_4_equals_four_batches_of_1(cascade, sampled):
+    one_by_one = cascade.generate(labels=LABELS, seed=5, batch_size=1)
+    difference = np.abs(one_by_one.astype(int) - sampled[0])
+    assert difference.max() <= 1 and difference.mean() < 0.01  # float round-off may flip one level
+
+
+def test_truncation_stops_the_previous_stage_at_s(cascade, sampled):
+    # sr16 uses truncated augmentation at s = 3: the base stage returns z_3, i.e. step index 2.
+    assert cascade.truncation_step(0) == 2 and cascade.truncation_step(1) is None
+    z_s = cascade.stages[0].generate(labels=LABELS, seed=example_seeds(5, range(4), stream=0), stop_step=2)
+    np.testing.assert_array_equal(sampled[1]["base"], to_uint8(z_s))
+    # Respaced base process: s = 3 needs original step 2 to be kept.
+    cascade.set_sampling("base", num_steps=5)
+    try:
+        kept = cascade.stages[0].inference_diffusion(5).timestep_map
+        assert cascade.truncation_step(0) == int(np.flatnonzero(kept == 2)[0])
+        with pytest.raises(ValueError, match=r"needs stage 'base' to visit step s; .* Nearest levels it visits"):
+            cascade.set_sampling("sr16", augmentation_level=2)
+        assert cascade.sampling[1]["augmentation_level"] == 3  # a refused change leaves the settings as they were
+    finally:
+        cascade.set_sampling("base", num_steps=None)
+
+
+def test_super_resolution_of_given_images_from_an_intermediate_stage(cascade):
+    low = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    images, intermediates = cascade.generate(labels=[1, 0], seed=3, start_stage="sr16", low_res_images=low,
+                                             return_intermediates=True)
+    assert images.shape == (2, 32, 32, 1) and list(intermediates) == ["sr16", "sr32"]
+    # Given images are z_0: the truncated stage re-noises them to s with its seeds (stream 1).
+    expected = cascade.stages[1].generate(labels=[1, 0], seed=example_seeds(3, range(2), stream=1),
+                                          low_res_images=from_uint8(low), augmentation_level=3)
+    np.testing.assert_array_equal(intermediates["sr16"], to_uint8(expected))
+
+
+def test_uint8_conversions_round_trip():
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    np.testing.assert_array_equal(to_uint8(from_uint8(images)), images)
+    with pytest.raises(ValueError, match=r"uint8, or floats in \[-1, 1\]"):
+        from_uint8(np.full((1, 2, 2, 1), 3.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"labels": [0, 3]}, r"`labels` must be a non-empty list of integers in \[0, 3\). Received: labels=\[0, 3\]"),
+        ({"labels": None}, "This cascade is class-conditional: pass `labels`"),
+        ({"labels": [0], "batch_size": 0}, "`batch_size` must be a positive integer. Received: batch_size=0"),
+        ({"labels": [0], "seed": -1}, r"`seed` must be None or an integer in \[0, 2\*\*31\)"),
+        ({"labels": [0], "start_stage": "sr64"}, r"`stage` must be a stage name in \['base', 'sr16', 'sr32'\]"),
+        ({"labels": [0], "start_stage": 1}, "`low_res_images` goes with a super-resolution `start_stage`"),
+        ({"labels": [0], "start_stage": 1, "low_res_images": np.zeros((1, 16, 16, 1), np.uint8)},
+         r"`low_res_images` must have shape \(1, 8, 8, 1\)"),
+    ],
+)
+def test_generate_rejects_bad_requests(cascade, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cascade.generate(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "stage,settings,message",
+    [
+        ("sr32", {"augmentation_level": 2}, r"Stage 'sr32': `augmentation_level` must be an integer in 0"),
+        ("sr16", {"augmentation_level": 11}, r"`augmentation_level` must be an integer in \[0, 10\]"),
+        ("base", {"truncated": True}, "`truncated=True` needs a Gaussian-augmented upsampler after another stage"),
+        ("base", {"noise_schedule": {"schedule": "linear"}}, "`noise_schedule` needs a stage trained with continuous"),
+        ("base", {"sampler": "euler"}, r"`sampler` must be one of \['ancestral', 'ddim'\]"),
+        ("base", {"steps": 4}, r"Sampling settings take the keys .* Received: \['steps'\]"),
+        ("base", {"eta": -1.0}, "`eta` must be a number >= 0"),
+    ],
+)
+def test_bad_sampling_settings_are_refused(cascade, stage, settings, message):
+    before = [dict(s) for s in cascade.sampling]
+    with pytest.raises(ValueError, match=message):
+        cascade.set_sampling(stage, **settings)
+    assert cascade.sampling == before
+
+
+def test_stages_must_chain(cascade):
+    base, sr16, sr32 = cascade.stages
+    with pytest.raises(ValueError, match="Stage 'sr32' upsamples 16x16 images but stage 'base' makes 8x8"):
+        CascadedDiffusionPipeline([base, sr32])
+    with pytest.raises(ValueError, match="The first stage must be a base stage"):
+        CascadedDiffusionPipeline([sr16, sr32])
+    with pytest.raises(ValueError, match="Stage names must be unique"):
+        CascadedDiffusionPipeline([base, base])
+    with pytest.raises(ValueError, match="`sampling` needs one dict per stage"):
+        CascadedDiffusionPipeline([base, sr16], [{}])
+    other = DiffusionModel(DiffusionUNet(image_size=8, base_channels=8, channel_multipliers=(1,),
+                                         attention_resolutions=(), num_groups=4, image_channels=1, num_classes=5),
+                           GaussianDiffusion(10, "cosine"), name="other")
+    with pytest.raises(ValueError, match="All stages must share their classes"):
+        CascadedDiffusionPipeline([other, sr16])
+
+
+def test_truncation_needs_the_augmentation_process(cascade):
+    _, sr16, _ = cascade.stages
+    linear_base = DiffusionModel(
+        DiffusionUNet(image_size=8, base_channels=8, channel_multipliers=(1,), attention_resolutions=(), num_groups=4,
+                      image_channels=1, num_classes=3),
+        GaussianDiffusion(10, "linear", beta_start=1e-3, beta_end=0.2), name="linear_base")
+    with pytest.raises(ValueError, match="needs stage 'linear_base' to use the augmentation's process"):
+        CascadedDiffusionPipeline([linear_base, sr16], [{}, {"augmentation_level": 2, "truncated": True}])
+    CascadedDiffusionPipeline([linear_base, sr16], [{}, {"augmentation_level": 2}])  # non-truncated is fine
+
+
+def test_progress_bar_per_stage(cascade, capsys):
+    cascade.generate(labels=[0, 1], seed=0, verbose=True)
+    out = capsys.readouterr().out
+    assert "Stage 1/3: base (8x8)" in out and "Stage 3/3: sr32 (32x32)" in out and "2/2" in out

@@ -1,0 +1,134 @@
+"""Presets on the Hugging Face Hub: upload -> download -> from_preset with the real
+huggingface_hub client, against the loopback Hub of tests/hub_server.py."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, upload_preset
+from keras_cdm.presets import parse_hf_handle
+from tests.hub_server import HubServer
+from tests.testing import tiny_cascade
+
+LABELS = [2, 0]
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return tiny_cascade()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A loopback Hub, with the client's endpoint, token and caches pointed at it and at tmp_path."""
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_TOKEN", "test-token")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+        monkeypatch.setenv("HF_XET_CACHE", str(tmp_path / "xet-cache"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server
+
+
+def test_upload_download_round_trip_reproduces_the_images(cascade, hub, tmp_path, monkeypatch):
+    expected = cascade.generate(labels=LABELS, seed=4)
+    folder = cascade.save_to_preset(tmp_path / "tiny")
+    (folder / "README.md").unlink()  # upload_preset writes a model card when there is none
+    url = upload_preset("hf://tester/tiny-cdm", folder, commit_message="first")
+    assert "tester/tiny-cdm" in url and (folder / "README.md").is_file()
+    assert "hf://tester/tiny-cdm" in (folder / "README.md").read_text()
+
+    loaded = CascadedDiffusionPipeline.from_preset("hf://tester/tiny-cdm")
+    np.testing.assert_array_equal(loaded.generate(labels=LABELS, seed=4), expected)
+    assert loaded.sampling == cascade.sampling
+    # One stage of the cascade, into an empty cache: only its subfolder is downloaded.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "other-cache"))
+    hub.requests.clear()
+    stage = DiffusionModel.from_preset("hf://tester/tiny-cdm/sr16")
+    assert stage.name == "sr16"
+    downloaded = [path for _, path in hub.requests if "/resolve/" in path]
+    assert downloaded and all("/sr16/" in path for path in downloaded)
+
+
+def test_pinned_revision_loads_the_old_commit(cascade, hub, tmp_path):
+    folder = cascade.save_to_preset(tmp_path / "tiny")
+    upload_preset("hf://tester/pinned", folder)
+    first = hub.commits("tester/pinned")[-1]
+    before = cascade.generate(labels=LABELS, seed=0)
+    changed = tiny_cascade()
+    changed.set_sampling("sr32", num_steps=3)
+    changed.save_to_preset(tmp_path / "tiny", overwrite=True)
+    upload_preset("hf://tester/pinned", tmp_path / "tiny")
+    assert hub.commits("tester/pinned")[-1] != first
+
+    latest = CascadedDiffusionPipeline.from_preset("hf://tester/pinned")
+    assert latest.sampling[2]["num_steps"] == 3
+    pinned = CascadedDiffusionPipeline.from_preset(f"hf://tester/pinned@{first}")
+    assert pinned.sampling[2]["num_steps"] == 5
+    np.testing.assert_array_equal(pinned.generate(labels=LABELS, seed=0), before)
+    same = CascadedDiffusionPipeline.from_preset("hf://tester/pinned", revision=first)
+    assert same.sampling == pinned.sampling
+
+
+def test_offline_mode_uses_the_cache_and_fails_fast_otherwise(cascade, hub, tmp_path, monkeypatch):
+    upload_preset("hf://tester/cached", cascade.save_to_preset(tmp_path / "tiny"))
+    CascadedDiffusionPipeline.from_preset("hf://tester/cached")  # now in the cache
+    hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert CascadedDiffusionPipeline.from_preset("hf://tester/cached").stage_names == ["base", "sr16", "sr32"]
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"'hf://tester/never-downloaded' is not in the local Hugging Face cache "
+                                         r"and offline mode \(HF_HUB_OFFLINE\) is on"):
+        CascadedDiffusionPipeline.from_preset("hf://tester/never-downloaded")
+    assert time.perf_counter() - start < 5
+
+
+def test_hub_errors_are_clear(hub):
+    with pytest.raises(ValueError, match="Hub repository 'tester/missing' not found"):
+        CascadedDiffusionPipeline.from_preset("hf://tester/missing")
+    HfApi = pytest.importorskip("huggingface_hub").HfApi
+    HfApi(endpoint=hub.endpoint, token="test-token").create_repo("tester/empty")
+    with pytest.raises(ValueError, match="Revision 'v9' not found in Hub repository 'tester/empty'"):
+        CascadedDiffusionPipeline.from_preset("hf://tester/empty@v9")
+    with pytest.raises(ValueError, match="holds no preset: no config.json in the repository"):
+        CascadedDiffusionPipeline.from_preset("hf://tester/empty")
+
+
+def test_upload_validates_the_folder_first(cascade, hub, tmp_path):
+    folder = cascade.save_to_preset(tmp_path / "tiny")
+    weights = folder / "sr32" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="is missing, corrupted or truncated"):
+        upload_preset("hf://tester/broken", folder)
+    with pytest.raises(ValueError, match="Preset folder not found"):
+        upload_preset("hf://tester/broken", tmp_path / "nothing")
+    with pytest.raises(ValueError, match="Upload to an 'hf://owner/repo"):
+        upload_preset("tester/broken", folder)
+    assert not any("/api/repos/create" in path for _, path in hub.requests)  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    "handle",
+    ["hf://tester", "hf://tester/../etc", "hf:///etc/passwd", "hf://tester/repo/../../x", "hf://te ster/repo",
+     "hf://tester/repo@bad rev", "hf://tester/repo//stage"],
+)
+def test_odd_handles_are_rejected_before_any_request(handle):
+    with pytest.raises(ValueError, match="hf://owner/repo|Hub handles take letters"):
+        parse_hf_handle(handle)
+
+
+def test_handles_parse_into_repo_subfolder_and_revision():
+    assert parse_hf_handle("hf://me/repo") == ("me/repo", None, None)
+    assert parse_hf_handle("hf://me/repo@v1.0/stage_a") == ("me/repo", "stage_a", "v1.0")
+    assert parse_hf_handle("hf://me/repo/stage", revision="abc") == ("me/repo", "stage", "abc")
+    with pytest.raises(ValueError, match="Two different revisions"):
+        parse_hf_handle("hf://me/repo@v1", revision="v2")
+
+
+def test_hub_server_was_not_needed_for_local_loads(cascade, tmp_path):
+    # No Hub settings at all: a local folder never touches huggingface_hub's network.
+    folder = cascade.save_to_preset(tmp_path / "local")
+    assert CascadedDiffusionPipeline.from_preset(Path(folder)).stage_names == ["base", "sr16", "sr32"]
