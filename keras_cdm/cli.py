@@ -4,6 +4,9 @@ import argparse
 import resource
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
 
 import keras_cdm
 
@@ -37,16 +40,9 @@ def _cmd_architecture(args):
 
 
 def _cmd_sample(args):
-    import warnings
-
-    from keras_cdm.pipeline import CascadedDiffusionPipeline
     from keras_cdm.visualization import save_image_grid
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pipeline = CascadedDiffusionPipeline.from_preset(args.preset, revision=args.revision)
-    for warning in caught:
-        print(f"keras-cdm: warning: {warning.message}", file=sys.stderr)
+    pipeline = _load_pipeline(args.preset, args.revision)
     _apply_steps(pipeline, args.steps)
     start = time.perf_counter()
     images = pipeline.generate(labels=args.labels, num_images=args.num_images, seed=args.seed,
@@ -65,6 +61,93 @@ def _apply_steps(pipeline, steps):
     for k, value in enumerate(steps * len(pipeline.stages) if len(steps) == 1 else steps):
         pipeline.set_sampling(k, num_steps=None if value in ("all", "full") else (
             int(value) if value.isdigit() else value))
+
+
+def _load_pipeline(preset, revision):
+    import warnings
+
+    from keras_cdm.pipeline import CascadedDiffusionPipeline
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline = CascadedDiffusionPipeline.from_preset(preset, revision=revision)
+    for warning in caught:
+        print(f"keras-cdm: warning: {warning.message}", file=sys.stderr)
+    return pipeline
+
+
+def _extractor(args):
+    from keras_cdm import evaluation
+
+    if args.extractor == "inception":
+        weights = args.inception_weights or "imagenet"
+        return evaluation.InceptionV3Features(weights=weights, allow_download=args.allow_download)
+    import keras
+
+    if not args.extractor.endswith(".keras"):
+        raise ValueError(f"--extractor is 'inception' or a .keras classifier file. Received: {args.extractor!r}")
+    model = keras.saving.load_model(args.extractor, safe_mode=True)
+    return evaluation.ClassifierFeatures(model, feature_layer=args.feature_layer)
+
+
+def _real_data(args, pipeline, count):
+    """(images, labels) of up to `count` real images at the cascade's final size."""
+    from keras_cdm import data
+
+    last = pipeline.stages[-1].unet
+    common = dict(batch_size=min(count, 100), shuffle=True, seed=args.seed, drop_remainder=False)
+    if args.data.startswith("tfds:"):
+        dataset = data.from_tfds(args.data[5:], split=args.split, image_size=last.image_size,
+                                 data_dir=args.data_dir, **common)
+    else:
+        dataset = data.from_image_folder(args.data, last.image_size, channels=last.image_channels, **common)
+    images, labels = [], []
+    for batch in dataset:
+        images.append(batch["images"].numpy())
+        labels.append(batch["labels"].numpy() if "labels" in batch else np.zeros(len(images[-1]), "int32"))
+        if sum(len(i) for i in images) >= count:
+            break
+    return np.concatenate(images)[:count], np.concatenate(labels)[:count]
+
+
+def _cmd_evaluate(args):
+    import json
+
+    from keras_cdm import evaluation
+
+    if args.metric in ("fid", "cas") and args.data is None:
+        raise ValueError(f"--metric {args.metric} needs --data: a folder of real images or tfds:NAME")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be a positive integer. Received: {args.num_samples}")
+    pipeline = _load_pipeline(args.preset, args.revision)
+    _apply_steps(pipeline, args.steps)
+    classes = pipeline.stages[0].unet.num_classes
+    labels = None if classes is None else np.arange(args.num_samples) % classes
+    samples = pipeline.iter_generate(labels=labels, num_images=args.num_samples, seed=args.seed,
+                                     batch_size=args.batch_size, chunk_size=max(args.batch_size, 100), verbose=False)
+    start = time.perf_counter()
+    if args.metric == "cas":
+        if classes is None:
+            raise ValueError("--metric cas needs a class-conditional cascade")
+        generated = np.concatenate(list(samples))
+        real, real_labels = _real_data(args, pipeline, args.num_real or args.num_samples)
+        result = evaluation.classification_accuracy_score(generated, labels, real, real_labels, classes,
+                                                          epochs=args.cas_epochs, seed=args.seed)
+        result = {"top1": result["top1"], "top5": result["top5"]}
+    elif args.metric == "is":
+        _, score = evaluation.compute_statistics(samples, _extractor(args), num_samples=args.num_samples,
+                                                 inception_score=True, splits=min(10, args.num_samples))
+        mean, std = score.result()
+        result = {"is": mean, "is_std": std}
+    else:
+        extractor = _extractor(args)
+        stats = evaluation.compute_statistics(samples, extractor, num_samples=args.num_samples)
+        real, _ = _real_data(args, pipeline, args.num_real or args.num_samples)
+        result = {"fid": evaluation.fid(evaluation.compute_statistics(real, extractor), stats)}
+    result.update(samples=args.num_samples, seconds=round(time.perf_counter() - start, 1))
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "metric": args.metric, **result}, indent=2))
 
 
 def _cmd_upload(args):
@@ -106,6 +189,27 @@ def build_parser():
     sample.add_argument("--columns", type=int, help="images per row of the grid")
     sample.add_argument("--quiet", action="store_true", help="no progress bars")
     sample.set_defaults(func=_cmd_sample)
+
+    evaluate = commands.add_parser("evaluate", help="FID, Inception Score or Classification Accuracy Score of a preset")
+    evaluate.add_argument("--preset", required=True, help="a built-in name, a preset folder or hf://owner/repo")
+    evaluate.add_argument("--revision", help="a Hub revision for hf:// presets")
+    evaluate.add_argument("--metric", required=True, choices=["fid", "is", "cas"])
+    evaluate.add_argument("--data", help="real images: a folder (one sub-folder per class) or tfds:NAME")
+    evaluate.add_argument("--data-dir", help="tfds data_dir")
+    evaluate.add_argument("--split", default="validation", help="tfds split of the real images (default validation)")
+    evaluate.add_argument("--num-samples", type=int, default=50000, help="generated samples (default 50000)")
+    evaluate.add_argument("--num-real", type=int, help="real images (default: as many as samples)")
+    evaluate.add_argument("--extractor", default="inception",
+                          help="'inception' (Inception-v3 pool features) or a .keras classifier (domain FID/IS)")
+    evaluate.add_argument("--feature-layer", help="layer of a .keras extractor giving the features")
+    evaluate.add_argument("--inception-weights", help="local Inception-v3 weights file (default: the Keras cache)")
+    evaluate.add_argument("--allow-download", action="store_true", help="download Inception-v3 weights if missing")
+    evaluate.add_argument("--cas-epochs", type=int, default=20, help="classifier epochs for CAS (default 20)")
+    evaluate.add_argument("--steps", nargs="+", metavar="N", help="sampling steps, as for `sample`")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="images per call of a stage (default 16)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", help="also write the result to this JSON file")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     upload = commands.add_parser("upload", help="upload a preset folder to the Hugging Face Hub")
     upload.add_argument("folder", help="a preset folder written by save_to_preset")

@@ -116,7 +116,8 @@ class CascadedDiffusionPipeline:
     # -- sampling ---------------------------------------------------------------------------
 
     def generate(self, labels=None, seed=None, batch_size=16, num_images=None, return_intermediates=False,
-                 start_stage=0, low_res_images=None, use_ema=True, verbose="auto"):
+                 start_stage=0, low_res_images=None, use_ema=True, output="uint8", first_example=0,
+                 verbose="auto"):
         """Samples the cascade; returns uint8 NHWC numpy images.
 
         Args:
@@ -134,31 +135,54 @@ class CascadedDiffusionPipeline:
                 `low_res_size`. A truncated stage treats them as z_0 and noises
                 them to its level s (non-truncated augmentation).
             use_ema: sample with the EMA weights when a stage has an optimizer.
-                `last_timings` then holds the seconds each stage took.
+            output: "uint8", or "float" for float32 images in [-1, 1] (what
+                each stage passes to the next, unquantized).
+            first_example: index of the first image in a larger request: image
+                i here is example `first_example + i` of `seed` (`iter_generate`).
+        `last_timings` then holds the seconds each stage took.
             verbose: True shows one progress bar per stage; "auto" shows it for
                 stages of several batches or of 100+ steps.
         """
         start = self.stage_index(start_stage)
+        convert = {"uint8": to_uint8, "float": lambda x: x}.get(output)
+        if convert is None:
+            raise ValueError(f"`output` must be one of ['uint8', 'float']. Received: output={output!r}")
         labels, count = self._check_request(labels, num_images, start, low_res_images)
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-        if seed is None:
-            seed = int(np.random.randint(0, 2**31 - 1))
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
-            raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
+        seed = _check_seed(seed)
+        if not isinstance(first_example, (int, np.integer)) or isinstance(first_example, bool) or first_example < 0:
+            raise ValueError(f"`first_example` must be an integer >= 0. Received: first_example={first_example!r}")
         current = None if start == 0 else from_uint8(low_res_images)
         intermediates, self.last_timings = {}, {}
         for k in range(start, len(self.stages)):
             truncated = self.sampling[k]["truncated"] and k > start
             began = time.perf_counter()
-            current = self._run_stage(k, labels, count, seed, batch_size, current, truncated, use_ema, verbose)
+            current = self._run_stage(k, labels, count, (seed, first_example), batch_size, current, truncated,
+                                      use_ema, verbose)
             self.last_timings[self.stages[k].name] = time.perf_counter() - began
-            intermediates[self.stages[k].name] = to_uint8(current)
+            intermediates[self.stages[k].name] = convert(current)
         images = intermediates[self.stages[-1].name]
         return (images, intermediates) if return_intermediates else images
 
-    def _run_stage(self, k, labels, count, seed, batch_size, low_res, truncated, use_ema, verbose):
+    def iter_generate(self, labels=None, seed=0, chunk_size=256, num_images=None, **kwargs):
+        """Yields the images of `generate(labels, seed, ...)` chunk by chunk (the same
+        images), so that e.g. 50,000 samples can be scored without holding them all."""
+        seed = _check_seed(seed)
+        count = len(np.asarray(labels).reshape(-1)) if labels is not None else num_images
+        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}")
+        if not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"Pass `labels` or a positive `num_images`. Received: num_images={num_images!r}")
+        for begin in range(0, count, chunk_size):
+            end = min(begin + chunk_size, count)
+            part = dict(labels=np.asarray(labels).reshape(-1)[begin:end]) if labels is not None else dict(
+                num_images=end - begin)
+            yield self.generate(seed=seed, first_example=begin, **part, **kwargs)
+
+    def _run_stage(self, k, labels, count, seed_offset, batch_size, low_res, truncated, use_ema, verbose):
         stage, settings = self.stages[k], self.sampling[k]
+        seed, offset = seed_offset
         steps = stage.inference_diffusion(settings["num_steps"], settings["noise_schedule"]).num_timesteps
         show = verbose is True or (verbose == "auto" and (count > batch_size or steps >= 100))
         progress = keras.utils.Progbar(count, unit_name="image") if show else None
@@ -170,7 +194,7 @@ class CascadedDiffusionPipeline:
             kwargs = dict(
                 labels=None if labels is None else labels[index],
                 num_images=None if labels is not None else len(index),
-                seed=example_seeds(seed, index, stream=k), num_steps=settings["num_steps"],
+                seed=example_seeds(seed, offset + index, stream=k), num_steps=settings["num_steps"],
                 sampler=settings["sampler"], eta=settings["eta"], clip_denoised=settings["clip_denoised"],
                 noise_schedule=settings["noise_schedule"], stop_step=self.truncation_step(k),
                 use_ema=use_ema, verbose=False,
@@ -268,6 +292,14 @@ class CascadedDiffusionPipeline:
             presets.write_cascade(tmp, self.get_config(), self.stages)
 
         return presets.write_atomically(folder, write, overwrite)
+
+
+def _check_seed(seed):
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
+        raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
+    return int(seed)
 
 
 def _check_keys(settings):

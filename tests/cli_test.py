@@ -47,7 +47,7 @@ def test_architecture_prints_summary_and_parameter_count(capsys, tiny_presets): 
     [
         (["architecture", "cdm_imagenet32"], "Unknown preset. Valid names:"),
         (["architecture", "tiny_stage", "--dtype", "float8"], "`dtype` must be None or a Keras dtype policy"),
-        (["evaluate"], "invalid choice: 'evaluate'"),
+        (["train"], "invalid choice: 'train'"),
         (["sample", "--preset", "tiny_cascad", "--labels", "1", "--out", "x.png"], "Did you mean 'tiny_cascade'?"),
         (["sample", "--preset", "tiny_cascade", "--labels", "7", "--out", "x.png"],
          "`labels` must be a non-empty list of integers in [0, 3)"),
@@ -92,3 +92,55 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "keras_cdm", "--version"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip() == f"keras-cdm {keras_cdm.__version__}"
+
+
+@pytest.fixture
+def evaluation_inputs(tmp_path):
+    """A labelled folder of real 32x32 greyscale images and a tiny .keras classifier as extractor."""
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(3):
+        (tmp_path / "real" / f"class_{label}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(
+                tmp_path / "real" / f"class_{label}" / f"{i}.png")
+    inputs = keras.Input((32, 32, 1))
+    hidden = keras.layers.Dense(4, name="features")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, keras.layers.Dense(3)(hidden)).save(tmp_path / "classifier.keras")
+    return tmp_path / "real", tmp_path / "classifier.keras"
+
+
+@pytest.mark.parametrize("metric,key", [("fid", "fid="), ("is", "is="), ("cas", "top1=")])
+def test_evaluate_reports_the_metric(capsys, tiny_presets, evaluation_inputs, tmp_path, metric, key):  # noqa: F811
+    import json
+
+    real, classifier = evaluation_inputs
+    code, out, err = run(capsys, "evaluate", "--preset", "tiny_cascade", "--metric", metric, "--data", str(real),
+                         "--num-samples", "6", "--extractor", str(classifier), "--feature-layer", "features",
+                         "--cas-epochs", "1", "--batch-size", "3", "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    assert key in out and "samples=6" in out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["metric"] == metric and result[key[:-1]] >= 0
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--metric", "fid", "--extractor", "CLASSIFIER"], "--metric fid needs --data"),
+        (["--metric", "fid", "--data", "REAL", "--extractor", "x.txt"], "--extractor is 'inception' or a .keras"),
+        (["--metric", "is"], "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"),
+        (["--metric", "cas"], "--metric cas needs --data"),
+        (["--metric", "is", "--num-samples", "0"], "--num-samples must be a positive integer"),
+    ],
+)
+def test_evaluate_errors_are_one_line(capsys, tiny_presets, evaluation_inputs, tmp_path, monkeypatch,  # noqa: F811
+                                      extra, message):
+    real, classifier = evaluation_inputs
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
+    extra = [str(real) if e == "REAL" else str(classifier) if e == "CLASSIFIER" else e for e in extra]
+    code, _, err = run(capsys, "evaluate", "--preset", "tiny_cascade", *(["--num-samples", "2"] + extra))
+    assert code == 2 and message in err and "Traceback" not in err

@@ -52,7 +52,7 @@ def test_docstring_examples_run(name):
 
 def test_core_modules_do_not_import_tensorflow():
     code = (
-        "import sys, keras_cdm, keras_cdm.cli; "
+        "import sys, keras_cdm, keras_cdm.cli, keras_cdm.evaluation, keras_cdm.search; "
         "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax"}

@@ -147,3 +147,14 @@ def test_progress_bar_per_stage(cascade, capsys):
     cascade.generate(labels=[0, 1], seed=0, verbose=True)
     out = capsys.readouterr().out
     assert "Stage 1/3: base (8x8)" in out and "Stage 3/3: sr32 (32x32)" in out and "2/2" in out
+
+
+def test_iter_generate_streams_the_same_images(cascade, sampled):
+    chunks = list(cascade.iter_generate(labels=LABELS, seed=5, chunk_size=3, batch_size=4))
+    assert [len(c) for c in chunks] == [3, 1]
+    difference = np.abs(np.concatenate(chunks).astype(int) - sampled[0])
+    assert difference.max() <= 1 and difference.mean() < 0.01
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
+        next(cascade.iter_generate(labels=LABELS, chunk_size=0))
+    with pytest.raises(ValueError, match="`output` must be one of"):
+        cascade.generate(labels=[0], output="png")

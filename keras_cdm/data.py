@@ -1,0 +1,440 @@
+"""tf.data input pipelines: in-memory arrays, image folders, tfds datasets, low/high-res pairs.
+
+Every pipeline yields batches ready for `DiffusionModel.fit`:
+`{"images": float32 (B, S, S, C) in [-1, 1], "labels": int32 (B,)}` (no
+`"labels"` for unlabelled data). Images are centre-cropped to a square and
+resized anti-aliased by one function, `resize_images`, which is also the
+low-resolution map of `low_res_pairs` (the same ops as
+`DiffusionModel.downsample`). This is the only module of the library that
+imports TensorFlow.
+
+Arguments shared by `from_arrays`, `from_image_folder` and `from_tfds`:
+    batch_size: examples per batch.
+    shuffle: shuffle the examples, anew each epoch. Arrays and folders are
+        shuffled exactly (a permutation of indices); tfds datasets shuffle
+        their files and a buffer of 10,000 examples.
+    seed: integer seed of the shuffle and the flips; the same seed (with the
+        same global TensorFlow seed) gives the same batches, epoch by epoch.
+    random_flip: flip each image left-right with probability 1/2 (leave it
+        False when the `DiffusionModel` flips, `random_flip=True`, itself).
+    cache: keep the decoded, resized examples in memory after the first epoch
+        (before shuffling and flips).
+    drop_remainder: drop the last, smaller batch (static batch shapes).
+    interpolation: "bicubic" (default), "bilinear" or "nearest": the
+        anti-aliased resize to `image_size`.
+"""
+
+import numbers
+import os
+import re
+import warnings
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_cdm._validation import check_choice, check_positive_int
+from keras_cdm.unet import INTERPOLATIONS
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+_STREAM_SHUFFLE_BUFFER = 10_000
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as Pillow's "L" mode
+_MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"}
+
+
+# -- the one resize ------------------------------------------------------------------
+
+
+def resize_images(images, image_size, interpolation="bicubic"):
+    """Centre-crops `images` to a square and resizes them anti-aliased to `image_size`.
+
+    `images` are float (H, W, C) or (B, H, W, C) in [-1, 1]; the result is
+    clipped to [-1, 1] (bicubic overshoots). On square inputs this is exactly
+    `DiffusionModel.downsample` with `low_res_interpolation=interpolation`. A
+    centre crop to the shorter side followed by this resize is the BigGAN
+    ImageNet preprocessing.
+    """
+    image_size = check_positive_int("image_size", image_size)
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    images = _centre_square(tf.convert_to_tensor(images, tf.float32))
+    if not images.shape[-3] == images.shape[-2] == image_size:
+        images = tf.image.resize(images, (image_size, image_size), method=interpolation, antialias=True)
+    return tf.clip_by_value(images, -1.0, 1.0)
+
+
+def _centre_square(images):
+    if images.shape[-3] is not None and images.shape[-3] == images.shape[-2]:
+        return images  # square already (static shapes kept)
+    shape = tf.shape(images)
+    side = tf.minimum(shape[-3], shape[-2])
+    top, left = (shape[-3] - side) // 2, (shape[-2] - side) // 2
+    return images[..., top:top + side, left:left + side, :]
+
+
+def low_res_pairs(dataset, low_res_size, interpolation="bicubic"):
+    """Adds `"low_res_images"`, the `low_res_size` conditioning of each batch's
+    `"images"`, made exactly as `DiffusionModel.downsample` makes it (anti-aliased
+    resize with `interpolation`, clipped to [-1, 1])."""
+    low_res_size = check_positive_int("low_res_size", low_res_size)
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    spec = dataset.element_spec
+    if not isinstance(spec, dict) or "images" not in spec:
+        raise ValueError(f"`dataset` must yield dicts with 'images'. Received: element_spec={spec!r}")
+
+    def add_low_res(batch):
+        return {**batch, "low_res_images": resize_images(batch["images"], low_res_size, interpolation)}
+
+    return dataset.map(add_low_res, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+# -- shared pipeline -----------------------------------------------------------------
+
+
+def _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation):
+    """The shared arguments, checked."""
+    flags = dict(shuffle=shuffle, random_flip=random_flip, cache=cache, drop_remainder=drop_remainder)
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    return {**{name: bool(value) for name, value in flags.items()}, "seed": None if seed is None else int(seed),
+            "batch_size": check_positive_int("batch_size", batch_size)}
+
+
+def _indexed_pipeline(num_examples, load, options):
+    """Examples `load(0) ... load(n - 1)`; shuffling permutes the indices (exact and
+    cheap) unless the loaded examples are cached, then the cache is shuffled."""
+    indices = tf.data.Dataset.range(num_examples)
+    if options["shuffle"] and not options["cache"]:
+        indices = indices.shuffle(num_examples, seed=options["seed"], reshuffle_each_iteration=True)
+    examples = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _batches(examples, options, num_examples, shuffled=not options["cache"])
+
+
+def _batches(examples, options, num_examples, shuffled=False):
+    """cache -> shuffle -> batch -> flips -> prefetch (`num_examples` < 0: unknown)."""
+    if options["drop_remainder"] and 0 <= num_examples < options["batch_size"]:
+        raise ValueError(
+            f"`batch_size` must not exceed the number of examples ({num_examples}) with "
+            f"drop_remainder=True, or every batch is dropped. Received: batch_size={options['batch_size']}"
+        )
+    if options["cache"]:
+        examples = examples.cache()
+    if options["shuffle"] and not shuffled:
+        # A cache holds every example: shuffle them all (the buffer shares the cache's tensors).
+        buffer = num_examples if options["cache"] and num_examples > 0 else _STREAM_SHUFFLE_BUFFER
+        examples = examples.shuffle(buffer, seed=options["seed"], reshuffle_each_iteration=True)
+    batches = examples.batch(options["batch_size"], drop_remainder=options["drop_remainder"],
+                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if options["random_flip"]:
+        batches = _random_flips(batches, options["seed"])
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _random_flips(batches, seed):
+    """Per-example left-right flips drawn by stateless ops from a seeded stream
+    that is re-drawn each epoch: deterministic for a seed, new every epoch."""
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def flip(batch, pair):
+        images = batch["images"]
+        mask = tf.random.stateless_uniform(tf.shape(images)[:1], seed=pair) < 0.5
+        return {**batch, "images": tf.where(mask[:, None, None, None], tf.reverse(images, axis=[2]), images)}
+
+    return tf.data.Dataset.zip(batches, seeds).map(flip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _unit_range(images):
+    """uint8 [0, 255] (or float [0, 255]) -> float32 [-1, 1]; 0 -> -1 and 255 -> 1 exactly."""
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+# -- in-memory arrays ----------------------------------------------------------------
+
+
+def from_arrays(images, labels=None, image_size=None, *, batch_size=32, shuffle=True, seed=None,
+                random_flip=False, cache=False, drop_remainder=True, interpolation="bicubic"):
+    """A dataset of in-memory images (and labels).
+
+    Args:
+        images: (N, H, W, C) or greyscale (N, H, W) array: uint8 (any integer
+            dtype) in [0, 255], or float in [-1, 1].
+        labels: None, or N non-negative integers (shape (N,) or (N, 1)).
+        image_size: None keeps the (square) images as they are; an integer
+            centre-crops and resizes them, anti-aliased.
+        batch_size, shuffle, seed, random_flip, cache, drop_remainder,
+            interpolation: see the module documentation.
+    """
+    options = _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation)
+    images = _image_array(images)
+    labels = _label_array(labels, len(images))
+    height, width = images.shape[1:3]
+    if image_size is None and height != width:
+        raise ValueError(f"Non-square images need `image_size` (they are centre-cropped). "
+                         f"Received: images.shape={images.shape}, image_size=None")
+    size = height if image_size is None else check_positive_int("image_size", image_size)
+    tensors = {"images": tf.convert_to_tensor(images)}  # uint8 stays uint8: 4x less memory than float32
+    if labels is not None:
+        tensors["labels"] = tf.convert_to_tensor(labels)
+
+    def load(index):
+        example = {key: tf.gather(value, index) for key, value in tensors.items()}
+        image = example["images"]
+        example["images"] = resize_images(_unit_range(image) if image.dtype == tf.uint8 else image, size,
+                                          interpolation)
+        return example
+
+    return _indexed_pipeline(len(images), load, options)
+
+
+def _image_array(images):
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or not images.size:
+        raise ValueError("`images` must be a non-empty array of shape (N, H, W, C) or (N, H, W). "
+                         f"Received: images.shape={images.shape}")
+    if images.dtype == np.uint8:
+        return images
+    is_int = np.issubdtype(images.dtype, np.integer)
+    if not is_int and not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"`images` must be integers in [0, 255] or floats in [-1, 1]. "
+                         f"Received: images.dtype={images.dtype}")
+    low, high = images.min(), images.max()
+    if is_int and not (low >= 0 and high <= 255):
+        raise ValueError(f"Integer `images` must be in [0, 255]. Received: images in [{low}, {high}]")
+    if not is_int and not (low >= -1 and high <= 1):
+        raise ValueError(
+            "Float `images` must be in [-1, 1] (pass uint8 [0, 255] images, or map them with "
+            f"x / 127.5 - 1). Received: images in [{low}, {high}]"
+        )
+    if not is_int and low >= 0 and high > 0:
+        warnings.warn("Float `images` are all in [0, 1]: the pipeline expects [-1, 1]; map [0, 1] images "
+                      "with 2 * x - 1.", stacklevel=3)
+    return images.astype(np.uint8 if is_int else np.float32)
+
+
+def _label_array(labels, num_images):
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if (labels.shape != (num_images,) or not np.issubdtype(labels.dtype, np.integer)
+            or labels.min() < 0 or labels.max() >= 2**31):
+        raise ValueError(f"`labels` must be {num_images} non-negative integers, one per image. Received: "
+                         f"labels of shape {labels.shape} and dtype {labels.dtype}")
+    return labels.astype(np.int32)
+
+
+# -- image folders -------------------------------------------------------------------
+
+
+def from_image_folder(folder, image_size, channels=3, labels="inferred", on_error="skip", *, batch_size=32,
+                      shuffle=True, seed=None, random_flip=False, cache=False, drop_remainder=True,
+                      interpolation="bicubic"):
+    """A dataset of the image files in `folder`.
+
+    With `labels="inferred"`, every sub-folder is a class (class i = the i-th
+    sub-folder name in sorted order) holding its images, nested folders
+    included; files directly in `folder` are ignored. With `labels=None` all
+    images under `folder` are read, unlabelled. Files are PNG, JPEG, BMP or GIF
+    (first frame), by extension (case-insensitive); hidden files are ignored.
+    Greyscale images become RGB when `channels=3`, colour images greyscale
+    (ITU-R 601-2 luma) when `channels=1`, and alpha is dropped. Each image is
+    centre-cropped to a square and resized anti-aliased to `image_size`.
+
+    Every file is decoded once up front, in parallel, with the pipeline's own
+    decoder: undecodable files are skipped and reported in one warning
+    (`on_error="skip"`), or raise a ValueError naming the first
+    (`on_error="raise"`).
+
+    Returns a `tf.data.Dataset` with two extra attributes (Keras'
+    `image_dataset_from_directory` convention, lost by further transformations):
+    `class_names` (the sub-folder names; None when unlabelled) and `file_paths`
+    (the files read, in index order).
+    """
+    options = _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation)
+    image_size = check_positive_int("image_size", image_size)
+    check_choice("channels", channels, (1, 3))
+    check_choice("labels", labels, ("inferred", None))
+    check_choice("on_error", on_error, ("skip", "raise"))
+    paths, label_ids, class_names = _index_folder(folder, labels)
+    keep = _decodable(paths, channels, on_error)
+    paths = [paths[i] for i in keep]
+    label_ids = None if label_ids is None else tf.constant([label_ids[i] for i in keep], tf.int32)
+    path_tensor = tf.constant(paths)
+
+    def load(index):
+        example = {"images": resize_images(_unit_range(_decode(path_tensor[index], channels)), image_size,
+                                           interpolation)}
+        if label_ids is not None:
+            example["labels"] = label_ids[index]
+        return example
+
+    dataset = _indexed_pipeline(len(paths), load, options)
+    dataset.class_names, dataset.file_paths = class_names, paths
+    return dataset
+
+
+def _index_folder(folder, labels):
+    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+        raise ValueError(f"`folder` must be an existing directory. Received: folder={folder!r}")
+    folder = os.fspath(folder)
+    if labels is None:
+        paths, label_ids, class_names = _image_files(folder), None, None
+    else:
+        class_names = sorted(entry.name for entry in os.scandir(folder)
+                             if entry.is_dir() and not entry.name.startswith("."))
+        per_class = [_image_files(os.path.join(folder, name)) for name in class_names]
+        paths = [path for files in per_class for path in files]
+        label_ids = [index for index, files in enumerate(per_class) for _ in files]
+    if not paths:
+        hint = ""
+        if labels == "inferred" and _image_files(folder, recursive=False):
+            hint = " It has images but no class sub-folders: pass labels=None for unlabelled images."
+        raise ValueError(
+            f"No image files found in {folder!r} (labels={labels!r}: "
+            f"{'one sub-folder per class' if labels else 'all images under the folder'}). Accepted "
+            f"extensions (case-insensitive): {', '.join(IMAGE_EXTENSIONS)}.{hint}"
+        )
+    return paths, label_ids, class_names
+
+
+def _image_files(root, recursive=True):
+    """Sorted image files under `root` (hidden files and folders ignored)."""
+    found = []
+    for directory, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".") and recursive)
+        found += [os.path.join(directory, name) for name in sorted(files)
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+    return found
+
+
+def _decode(path, channels):
+    """An image file as float32 [0, 255] (H, W, channels): one decoder for the pre-scan and the pipeline."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=0, dtype=tf.uint8, expand_animations=False)
+    image = tf.cast(image, tf.float32)
+    has_colour = tf.shape(image)[-1] >= 3  # 1: grey, 2: grey + alpha, 3: RGB, 4: RGBA
+    if channels == 3:
+        image = tf.cond(has_colour, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3]))
+    else:
+        grey = lambda: tf.reduce_sum(image[..., :3] * tf.constant(_GREY_WEIGHTS), -1, keepdims=True)  # noqa: E731
+        image = tf.cond(has_colour, grey, lambda: image[..., :1])
+    return tf.ensure_shape(image, (None, None, channels))
+
+
+def _decodable(paths, channels, on_error):
+    """Indices of the files that decode, found by decoding all of them in parallel."""
+    path_tensor = tf.constant(paths)
+    decoded = tf.data.Dataset.range(len(paths)).map(
+        lambda i: (i, tf.shape(_decode(path_tensor[i], channels))), num_parallel_calls=tf.data.AUTOTUNE
+    ).ignore_errors()
+    keep = sorted(int(i) for batch, _ in decoded.batch(4096) for i in batch.numpy())
+    bad = sorted(set(range(len(paths))) - set(keep))
+    if bad and (on_error == "raise" or not keep):
+        hint = "Pass on_error='skip' to skip them." if keep else "No image file remains."
+        raise ValueError(
+            f"Could not decode image file {paths[bad[0]]!r} ({_decode_error(paths[bad[0]], channels)}); "
+            f"{len(bad)} of {len(paths)} image files cannot be decoded. {hint} Received: on_error={on_error!r}"
+        )
+    if bad:
+        listed = ", ".join(repr(paths[i]) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        warnings.warn(f"Skipped {len(bad)} of {len(paths)} image files that could not be decoded: {listed}",
+                      stacklevel=3)
+    return keep
+
+
+def _decode_error(path, channels):
+    """TensorFlow's reason, without its op-name decorations."""
+    try:
+        _decode(tf.constant(path), channels)
+    except tf.errors.OpError as error:
+        return re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
+    return "decoding failed"
+
+
+# -- tfds datasets -------------------------------------------------------------------
+
+
+def from_tfds(name, split="train", image_size=None, data_dir=None, *, batch_size=32, shuffle=True, seed=None,
+              random_flip=False, cache=False, drop_remainder=True, interpolation="bicubic"):
+    """A dataset of a prepared TensorFlow Datasets (tfds) image dataset.
+
+    Works with any tfds dataset with an "image" feature (and, optionally, an
+    integer "label"): e.g. "imagenet2012" (BigGAN preprocessing: centre crop
+    to the shorter side, anti-aliased resize to `image_size`, which it needs),
+    "imagenet_resized/32x32", "imagenet_resized/64x64", "cifar10".
+
+    Never downloads: the dataset must already be prepared in `data_dir`
+    (default: tfds' own, `~/tensorflow_datasets`), otherwise a ValueError says
+    at once how to prepare it (`tfds build NAME --data_dir DIR`).
+
+    Args:
+        name: the tfds name, optionally with config and version
+            ("imagenet_resized/64x64:0.1.0").
+        split: a tfds split ("train", "validation", "train[:10%]", ...).
+        image_size: None keeps the images' (square, fixed) size; an integer
+            centre-crops and resizes them.
+        data_dir: the tfds data directory.
+        batch_size, shuffle, seed, random_flip, cache, drop_remainder,
+            interpolation: see the module documentation.
+    """
+    options = _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation)
+    builder = _prepared_builder(name, data_dir)
+    size, has_labels = _tfds_features(name, builder.info.features, image_size)
+    read_config = tfds.ReadConfig(shuffle_seed=options["seed"], try_autocache=False)
+    raw = builder.as_dataset(split=split, shuffle_files=options["shuffle"] and not options["cache"],
+                             read_config=read_config)
+
+    def prepare(example):
+        prepared = {"images": resize_images(_unit_range(example["image"]), size, interpolation)}
+        if has_labels:
+            prepared["labels"] = tf.cast(example["label"], tf.int32)
+        return prepared
+
+    examples = raw.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _batches(examples, options, int(raw.cardinality()))  # -1, -2: unknown, infinite
+
+
+def _prepared_builder(name, data_dir):
+    """The tfds builder of `name`, only if prepared in `data_dir` (no network access)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a tfds dataset name such as 'cifar10'. Received: name={name!r}")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        first_line = str(error).splitlines()[0]
+        raise ValueError(f"`name` must be a tfds dataset ({first_line}). Received: name={name!r}") from None
+    if builder.is_prepared():
+        return builder
+    root = os.fspath(builder.data_dir_root)
+    manual = ""
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        manual_dir = os.path.join(root, "downloads", "manual")
+        files = _MANUAL_FILES.get(builder.name, "the archives named in tfds' instructions for it")
+        manual = (f" {builder.name} cannot be downloaded automatically: first download {files} "
+                  f"into the manual_dir ({manual_dir}), then add `--manual_dir {manual_dir}`.")
+    raise ValueError(
+        f"The tfds dataset {name!r} is not prepared in {root} (no {os.fspath(builder.data_path)}). "
+        f"from_tfds never downloads; prepare it once with `tfds build {name} --data_dir {root}`.{manual} "
+        f"Received: name={name!r}, data_dir={data_dir!r}"
+    )
+
+
+def _tfds_features(name, features, image_size):
+    image = features["image"] if "image" in features else None
+    if not isinstance(image, tfds.features.Image) or image.np_dtype != np.uint8:
+        raise ValueError(f"`name` must be a tfds dataset with a uint8 'image' feature. Received: name={name!r} "
+                         f"with features {features!r}")
+    label = features["label"] if "label" in features else None
+    has_labels = label is not None and label.shape == () and np.issubdtype(label.np_dtype, np.integer)
+    if image_size is not None:
+        return check_positive_int("image_size", image_size), has_labels
+    height, width = image.shape[:2]
+    if height is None or height != width:
+        raise ValueError(f"{name!r} has images of shape {image.shape}: pass an `image_size` (they are "
+                         f"centre-cropped and resized). Received: image_size=None")
+    return height, has_labels

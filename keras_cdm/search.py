@@ -1,0 +1,249 @@
+"""Post-training searches over sampling settings (sections 3.2, 3.3, 4.3, 4.4).
+
+The paper trains upsamplers amortized over the conditioning-augmentation level s
+and over continuous noise levels, then picks s (Table 3) and the inference noise
+schedule (Figure 8) by sample quality. Both searches take an `evaluate` callable,
+`evaluate(uint8 images) -> {metric name: value}` (e.g. FID against reference
+statistics, see `keras_cdm.evaluation`), print a table like the paper's, save a
+plot, and can write the best setting into the pipeline's sampling settings.
+"""
+
+import copy
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+
+from keras_cdm.conditioning import GaussianConditioningAugmentation
+from keras_cdm.evaluation import compute_statistics, fid
+from keras_cdm.pipeline import CascadedDiffusionPipeline
+
+
+def sample_quality(extractor, reference=None, inception_score=True, batch_size=100):
+    """An `evaluate` callable for the searches: images -> {"fid", "is", "is_std"}.
+
+    `reference` is the `FeatureStatistics` of real images (FID is left out
+    without it); the Inception Score needs an extractor that returns logits.
+    """
+    if reference is None and not inception_score:
+        raise ValueError("Nothing to measure: pass `reference` statistics for FID and/or inception_score=True.")
+
+    def evaluate(images):
+        stats = compute_statistics(images, extractor, batch_size=batch_size, inception_score=inception_score)
+        stats, score = stats if inception_score else (stats, None)
+        scores = {} if reference is None else {"fid": fid(reference, stats)}
+        if score is not None:
+            scores["is"], scores["is_std"] = score.result()
+        return scores
+
+    return evaluate
+
+
+def stage_diagnostics(pipeline, stage, evaluate, labels, low_res_images, seed=0, batch_size=16):
+    """The compounding error of a cascade at `stage` (Tables 3a vs 3b): sample quality of
+    the stage's output when it is conditioned on the earlier stages' samples vs on real
+    low-resolution images (`low_res_images`, one per label), with the current sampling
+    settings. Returns `{"generated": scores, "real": scores}`."""
+    k = pipeline.stage_index(stage)
+    if k == 0:
+        raise ValueError("Stage diagnostics compare the conditioning of an upsampler (index >= 1). Received: stage=0")
+    head = _head(pipeline, k)
+    generated = head.generate(labels=labels, seed=seed, batch_size=batch_size, verbose=False)
+    real = head.generate(labels=labels, seed=seed, batch_size=batch_size, start_stage=k,
+                         low_res_images=low_res_images, verbose=False)
+    return {"generated": dict(evaluate(generated)), "real": dict(evaluate(real))}
+
+
+class SearchResult:
+    """Rows of a search: dicts of settings and metrics, in the order evaluated."""
+
+    def __init__(self, title, settings_keys, rows, metric, lower_is_better):
+        self.title, self.settings_keys, self.rows = title, list(settings_keys), list(rows)
+        self.metric, self.lower_is_better = metric, lower_is_better
+
+    @property
+    def best(self):
+        """The row with the best `metric`."""
+        pick = min if self.lower_is_better else max
+        return pick(self.rows, key=lambda row: row[self.metric])
+
+    def table(self):
+        """A plain-text table like the paper's Table 3; the best row is starred."""
+        metrics = [k for k in self.rows[0] if k not in self.settings_keys]
+        header = self.settings_keys + metrics
+        lines = [self.title, "  ".join(f"{h:>12s}" for h in header)]
+        best = self.best
+        for row in self.rows:
+            cells = [f"{_format(row[k]):>12s}" for k in header]
+            lines.append("  ".join(cells) + ("  *" if row is best else ""))
+        return "\n".join(lines)
+
+    def plot(self, path, x=None, group=None):
+        """Saves `metric` against setting `x` (one line per value of `group`) as PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x = x or self.settings_keys[-1]
+        figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
+        groups = sorted({str(r[group]) for r in self.rows}) if group else [None]
+        for name in groups:
+            rows = [r for r in self.rows if group is None or str(r[group]) == name]
+            axis.plot([r[x] for r in rows], [r[self.metric] for r in rows], marker="o",
+                      label=None if name is None else f"{group}={name}")
+        axis.set_xlabel(x)
+        axis.set_ylabel(self.metric)
+        axis.set_title(self.title, fontsize=9)
+        if group:
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
+        plt.close(figure)
+        return Path(path)
+
+
+def search_augmentation_level(pipeline, stage, levels, evaluate, labels, seed=0, modes=("non_truncated", "truncated"),
+                              low_res_images=None, metric="fid", lower_is_better=True, batch_size=16,
+                              plot_path=None, apply_best=False, verbose=True):
+    """Sample quality of a Gaussian-augmented upsampler as a function of s (Table 3).
+
+    The cascade runs up to and including `stage`, and `evaluate` scores its
+    output. Conditioning is either generated by the earlier stages (Table 3a; in
+    "non_truncated" mode they run once and every s re-noises their samples, in
+    "truncated" mode the previous stage stops at z_s for each s), or the given
+    real `low_res_images` (Table 3b: the mode is then "ground_truth").
+
+    Args:
+        pipeline: a `CascadedDiffusionPipeline`.
+        stage: the upsampler (name or index), with Gaussian conditioning augmentation.
+        levels: the values of s to try (0 = no augmentation).
+        evaluate: `evaluate(uint8 images) -> dict` of metrics, including `metric`.
+        labels: the class labels of the samples (their number is the sample count).
+        modes: which of "non_truncated" and "truncated" to search.
+        low_res_images: real low-resolution images (one per label) instead of
+            generated ones.
+        plot_path: where to save the plot (PNG), if given.
+        apply_best: write the best (s, mode) into `pipeline`'s sampling settings.
+
+    Returns a `SearchResult`.
+    """
+    k = pipeline.stage_index(stage)
+    if not isinstance(pipeline.stages[k].augmentation, GaussianConditioningAugmentation):
+        raise ValueError(f"Stage {pipeline.stage_names[k]!r} has no Gaussian conditioning augmentation to search. "
+                         f"Received: stage={stage!r}")
+    levels = _check_levels(levels, pipeline.stages[k].augmentation.num_timesteps)
+    modes = ("ground_truth",) if low_res_images is not None else _check_modes(modes, k)
+    head = _head(pipeline, k)
+    head.set_sampling(k, augmentation_level=0, truncated=False)  # the previous stage runs to z_0
+    previous = None if low_res_images is not None or k == 0 else head.generate(
+        labels=labels, seed=seed, batch_size=batch_size, return_intermediates=True, output="float",
+        verbose=False)[1][pipeline.stage_names[k - 1]]
+    conditioning = low_res_images if low_res_images is not None else previous
+    rows = []
+    for mode, level in itertools.product(modes, levels):
+        head.set_sampling(k, augmentation_level=level, truncated=mode == "truncated")
+        if mode == "truncated":
+            images = head.generate(labels=labels, seed=seed, batch_size=batch_size, verbose=False)
+        else:
+            images = head.generate(labels=labels, seed=seed, batch_size=batch_size, start_stage=k,
+                                   low_res_images=conditioning, verbose=False)
+        rows.append({"mode": mode, "s": level, **_scores(evaluate, images, metric)})
+        if verbose:
+            print(f"{mode:>14s}  s={level:<6d} " + "  ".join(f"{m}={_format(v)}" for m, v in rows[-1].items()
+                                                               if m not in ("mode", "s")))
+    result = SearchResult(f"Augmentation level of {pipeline.stage_names[k]} ({len(labels)} samples)",
+                          ["mode", "s"], rows, metric, lower_is_better)
+    _finish(result, verbose, plot_path, x="s", group="mode")
+    if apply_best:
+        best = result.best
+        pipeline.set_sampling(k, augmentation_level=best["s"], truncated=best["mode"] == "truncated")
+    return result
+
+
+def search_noise_schedule(pipeline, stage, num_steps, evaluate, labels, seed=0, beta_starts=(1e-4, 1e-3, 1e-2),
+                          beta_ends=(0.02, 0.1, 0.5), schedules=None, low_res_images=None, metric="fid",
+                          lower_is_better=True, batch_size=16, plot_path=None, apply_best=False, verbose=True):
+    """The inference noise schedule of a continuous-noise upsampler (section 4.4).
+
+    Tries linear schedules of `num_steps` steps over a grid of (beta_start,
+    beta_end) — or the given `schedules` (dicts of `GaussianDiffusion`
+    arguments) — conditioned on the earlier stages' samples (generated once) or
+    on real `low_res_images`. Returns a `SearchResult`; `apply_best` writes the
+    best schedule into the pipeline's sampling settings.
+    """
+    k = pipeline.stage_index(stage)
+    if pipeline.stages[k].diffusion.conditioning != "noise_level":
+        raise ValueError(f"Stage {pipeline.stage_names[k]!r} is not conditioned on continuous noise levels: "
+                         f"its schedule is fixed by training. Received: stage={stage!r}")
+    if k == 0 and low_res_images is None:
+        raise ValueError("A noise-schedule search runs on an upsampler (stage index >= 1). Received: stage=0")
+    if schedules is None:
+        schedules = [{"schedule": "linear", "num_timesteps": num_steps, "beta_start": a, "beta_end": b}
+                     for a, b in itertools.product(beta_starts, beta_ends) if a < b]
+    head = _head(pipeline, k)
+    for schedule in schedules:  # refuse bad candidates before any sampling
+        head.set_sampling(k, noise_schedule=schedule, num_steps=None)
+    conditioning = low_res_images if low_res_images is not None else head.generate(
+        labels=labels, seed=seed, batch_size=batch_size, return_intermediates=True, output="float",
+        verbose=False)[1][pipeline.stage_names[k - 1]]
+    rows = []
+    for schedule in schedules:
+        head.set_sampling(k, noise_schedule=schedule, num_steps=None)
+        images = head.generate(labels=labels, seed=seed, batch_size=batch_size, start_stage=k,
+                               low_res_images=conditioning, verbose=False)
+        setting = {"beta_start": schedule.get("beta_start"), "beta_end": schedule.get("beta_end"),
+                   "steps": schedule.get("num_timesteps", num_steps)}
+        rows.append({**setting, **_scores(evaluate, images, metric)})
+        if verbose:
+            print("  ".join(f"{m}={_format(v)}" for m, v in rows[-1].items()))
+    result = SearchResult(f"Inference noise schedule of {pipeline.stage_names[k]} ({len(labels)} samples)",
+                          ["beta_start", "beta_end", "steps"], rows, metric, lower_is_better)
+    _finish(result, verbose, plot_path, x="beta_end", group="beta_start")
+    if apply_best:
+        pipeline.set_sampling(k, noise_schedule=schedules[rows.index(result.best)], num_steps=None)
+    return result
+
+
+def _head(pipeline, k):
+    """A pipeline of stages 0..k sharing the models, with its own sampling settings."""
+    return CascadedDiffusionPipeline(pipeline.stages[: k + 1], copy.deepcopy(pipeline.sampling[: k + 1]))
+
+
+def _check_levels(levels, maximum):
+    levels = list(levels) if isinstance(levels, (list, tuple, range, np.ndarray)) else None
+    if not levels or any(not isinstance(s, (int, np.integer)) or isinstance(s, bool) or not 0 <= s <= maximum
+                         for s in levels):
+        raise ValueError(f"`levels` must be a non-empty list of integers in [0, {maximum}]. Received: levels={levels}")
+    return [int(s) for s in levels]
+
+
+def _check_modes(modes, k):
+    allowed = ("non_truncated", "truncated")
+    if isinstance(modes, str) or not modes or any(m not in allowed for m in modes):
+        raise ValueError(f"`modes` must be a list of values in {list(allowed)}. Received: modes={modes!r}")
+    if k == 0:
+        raise ValueError("The base stage has no low-resolution input: pass `low_res_images` or an upsampler.")
+    return tuple(modes)
+
+
+def _scores(evaluate, images, metric):
+    scores = dict(evaluate(images))
+    if metric not in scores:
+        raise ValueError(f"`evaluate` must return {metric!r}. Received keys: {sorted(scores)}")
+    return {name: float(value) for name, value in scores.items()}
+
+
+def _finish(result, verbose, plot_path, x, group):
+    if verbose:
+        print(result.table())
+    if plot_path is not None:
+        result.plot(plot_path, x=x, group=group)
+
+
+def _format(value):
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)

@@ -1,0 +1,133 @@
+"""Post-training searches on the tiny 8 -> 16 -> 32 cascade, with a recording `evaluate`."""
+
+import copy
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_cdm.search import search_augmentation_level, search_noise_schedule
+from tests.testing import tiny_cascade
+
+LABELS = [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return tiny_cascade()
+
+
+class Recorder:
+    """An `evaluate` that remembers what it scored; the score is a plain function of the images."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, images):
+        self.seen.append(images)
+        return {"fid": float(np.abs(images.astype(float) - 128).mean()), "brightness": float(images.mean())}
+
+
+def _fresh(cascade):
+    pipeline = copy.copy(cascade)
+    pipeline.sampling = copy.deepcopy(cascade.sampling)
+    return pipeline
+
+
+def test_augmentation_search_scores_what_the_pipeline_would_generate(cascade, tmp_path, capsys):
+    pipeline, evaluate = _fresh(cascade), Recorder()
+    result = search_augmentation_level(pipeline, "sr16", [0, 2, 5], evaluate, LABELS, seed=3,
+                                       plot_path=tmp_path / "s.png")
+    assert [(r["mode"], r["s"]) for r in result.rows] == [
+        ("non_truncated", 0), ("non_truncated", 2), ("non_truncated", 5),
+        ("truncated", 0), ("truncated", 2), ("truncated", 5)]
+    head = type(pipeline)(pipeline.stages[:2], copy.deepcopy(pipeline.sampling[:2]))
+    for row, seen in zip(result.rows, evaluate.seen):
+        head.set_sampling("sr16", augmentation_level=row["s"], truncated=row["mode"] == "truncated")
+        expected = head.generate(labels=LABELS, seed=3)
+        np.testing.assert_array_equal(seen, expected)  # exactly the cascade's own output for that setting
+        assert row["fid"] == pytest.approx(np.abs(expected.astype(float) - 128).mean())
+    assert len({seen.tobytes() for seen in evaluate.seen}) >= 4  # s changes the samples
+    best = min(result.rows, key=lambda r: r["fid"])
+    assert result.best is best
+    out = capsys.readouterr().out
+    assert "Augmentation level of sr16 (3 samples)" in out and "  *" in out
+    assert Image.open(tmp_path / "s.png").size[0] > 100
+    assert pipeline.sampling[1]["augmentation_level"] == 3  # untouched without apply_best
+
+
+def test_augmentation_search_on_ground_truth_and_apply_best(cascade):
+    pipeline, evaluate = _fresh(cascade), Recorder()
+    low = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    result = search_augmentation_level(pipeline, 1, [0, 4], evaluate, LABELS, low_res_images=low,
+                                       metric="brightness", lower_is_better=False, apply_best=True, verbose=False)
+    assert [r["mode"] for r in result.rows] == ["ground_truth", "ground_truth"]
+    assert [seen.shape for seen in evaluate.seen] == [(3, 16, 16, 1)] * 2  # stops at the searched stage
+    best = max(result.rows, key=lambda r: r["brightness"])
+    assert pipeline.sampling[1]["augmentation_level"] == best["s"] and pipeline.sampling[1]["truncated"] is False
+
+
+def test_noise_schedule_search_tries_the_grid_and_applies_the_best(cascade):
+    pipeline, evaluate = _fresh(cascade), Recorder()
+    result = search_noise_schedule(pipeline, "sr32", 4, evaluate, LABELS, beta_starts=(1e-3, 0.1),
+                                   beta_ends=(0.05, 0.5), apply_best=True, verbose=False)
+    assert [(r["beta_start"], r["beta_end"]) for r in result.rows] == [(1e-3, 0.05), (1e-3, 0.5), (0.1, 0.5)]
+    head = type(pipeline)(pipeline.stages, copy.deepcopy(cascade.sampling))
+    low = head.generate(labels=LABELS, seed=0, return_intermediates=True, output="float")[1]["sr16"]
+    schedule = {"schedule": "linear", "num_timesteps": 4, "beta_start": 0.1, "beta_end": 0.5}
+    head.set_sampling("sr32", noise_schedule=schedule, num_steps=None)
+    np.testing.assert_array_equal(evaluate.seen[2], head.generate(labels=LABELS, seed=0, start_stage="sr32",
+                                                                  low_res_images=low))
+    best = result.best
+    assert pipeline.sampling[2]["noise_schedule"]["beta_end"] == best["beta_end"]
+    assert pipeline.sampling[2]["num_steps"] is None
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda p: search_augmentation_level(p, "sr32", [0], Recorder(), LABELS),
+         "Stage 'sr32' has no Gaussian conditioning augmentation to search"),
+        (lambda p: search_augmentation_level(p, "sr16", [0, 11], Recorder(), LABELS),
+         r"`levels` must be a non-empty list of integers in \[0, 10\]"),
+        (lambda p: search_augmentation_level(p, "sr16", [0], Recorder(), LABELS, modes="truncated"),
+         r"`modes` must be a list of values in \['non_truncated', 'truncated'\]"),
+        (lambda p: search_augmentation_level(p, "sr16", [0], lambda x: {"is": 1.0}, LABELS, verbose=False),
+         r"`evaluate` must return 'fid'. Received keys: \['is'\]"),
+        (lambda p: search_noise_schedule(p, "sr16", 4, Recorder(), LABELS),
+         "Stage 'sr16' is not conditioned on continuous noise levels"),
+        (lambda p: search_noise_schedule(p, "sr32", 4, Recorder(), LABELS, schedules=[{"schedule": "quadratic"}]),
+         "`schedule` must be one of"),
+    ],
+)
+def test_searches_reject_bad_arguments(cascade, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_fresh(cascade))
+
+
+def test_sample_quality_measures_fid_and_is_with_any_extractor():
+    import keras
+
+    from keras_cdm.evaluation import ClassifierFeatures, compute_statistics
+    from keras_cdm.search import sample_quality
+
+    inputs = keras.Input((32, 32, 1))
+    hidden = keras.layers.Dense(4, name="features")(keras.layers.Flatten()(inputs))
+    extractor = ClassifierFeatures(keras.Model(inputs, keras.layers.Dense(3)(hidden)), feature_layer="features")
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (40, 32, 32, 1), dtype=np.uint8)
+    evaluate = sample_quality(extractor, compute_statistics(real, extractor))
+    same, other = evaluate(real), evaluate(np.zeros_like(real))
+    assert abs(same["fid"]) < 1e-6 and other["fid"] > 1e-3 and 1.0 <= same["is"] <= 3.0 and "is_std" in same
+    with pytest.raises(ValueError, match="Nothing to measure"):
+        sample_quality(extractor, None, inception_score=False)
+
+
+def test_stage_diagnostics_compare_generated_and_real_conditioning(cascade):
+    from keras_cdm.search import stage_diagnostics
+
+    pipeline, evaluate = _fresh(cascade), Recorder()
+    low = np.full((3, 8, 8, 1), 255, np.uint8)
+    result = stage_diagnostics(pipeline, "sr16", evaluate, LABELS, low, seed=1)
+    assert set(result) == {"generated", "real"} and [s.shape for s in evaluate.seen] == [(3, 16, 16, 1)] * 2
+    assert result["real"]["fid"] != result["generated"]["fid"]
