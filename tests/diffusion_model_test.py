@@ -71,6 +71,7 @@ def test_base_stage_overfits_real_digits(digits):
     assert _mean_distance(after, images) < 0.3
 
 
+@pytest.mark.backend_neutral  # 60 epochs: run once (TensorFlow); JAX training is covered by the base stage
 def test_super_resolution_stage_overfits_real_digits(digits):
     keras.utils.set_random_seed(0)
     images, labels = digits

@@ -277,6 +277,7 @@ def inception(tmp_path_factory):
     return reference, InceptionV3Features(weights=path)
 
 
+@neutral  # backend-agnostic Keras code, heavy: run once (TensorFlow pass) to keep CI short
 def test_inception_features_shapes_and_exact_logits(inception):
     reference, extractor = inception
     images = np.random.default_rng(14).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
@@ -294,6 +295,7 @@ def test_inception_features_shapes_and_exact_logits(inception):
     np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), probs, rtol=1e-4, atol=1e-6)
 
 
+@neutral  # backend-agnostic Keras code, heavy: run once (TensorFlow pass) to keep CI short
 def test_inception_features_greyscale_and_bad_images(inception):
     _, extractor = inception
     grey = np.random.default_rng(15).uniform(-1, 1, size=(2, 32, 32, 1)).astype("float32")  # shape compiled before
@@ -334,6 +336,7 @@ def mnist_split(train_per_class=30, test_per_class=30, size=16):
     return images[train], labels[train], images[test], labels[test]
 
 
+@neutral  # backend-agnostic Keras code, heavy: run once (TensorFlow pass) to keep CI short
 def test_cas_rewards_label_consistent_training_data():
     x_train, y_train, x_test, y_test = mnist_split()
     assert not (x_train[:, None] == x_test[None]).all(axis=(2, 3, 4)).any()  # no test digit is trained on
@@ -347,6 +350,7 @@ def test_cas_rewards_label_consistent_training_data():
     assert wrong["top1"] < 0.3  # chance is 0.1: the score measures image-label consistency
 
 
+@neutral  # backend-agnostic Keras code, heavy: run once (TensorFlow pass) to keep CI short
 def test_cas_with_a_compiled_classifier_and_few_classes():
     images, labels = mnist_digits(per_class=4, size=8, classes=(0, 1, 2))
     model = default_cas_classifier((8, 8, 1), 3, width=4)

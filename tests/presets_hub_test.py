@@ -12,6 +12,9 @@ from keras_cdm.presets import parse_hf_handle
 from tests.hub_server import HubServer
 from tests.testing import tiny_cascade
 
+# Backend-independent logic (the pipeline itself is tested on both backends): run once.
+pytestmark = pytest.mark.backend_neutral
+
 LABELS = [2, 0]
 
 
@@ -77,6 +80,8 @@ def test_offline_mode_uses_the_cache_and_fails_fast_otherwise(cascade, hub, tmp_
     upload_preset("hf://tester/cached", cascade.save_to_preset(tmp_path / "tiny"))
     CascadedDiffusionPipeline.from_preset("hf://tester/cached")  # now in the cache
     hub.stop()
+    with pytest.raises(ValueError, match="is not in the local Hugging Face cache and the Hub cannot be reached"):
+        CascadedDiffusionPipeline.from_preset("hf://tester/never-downloaded")  # online, but the Hub is down
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert CascadedDiffusionPipeline.from_preset("hf://tester/cached").stage_names == ["base", "sr16", "sr32"]
     start = time.perf_counter()
