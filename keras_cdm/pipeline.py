@@ -188,7 +188,7 @@ class CascadedDiffusionPipeline:
         progress = keras.utils.Progbar(count, unit_name="image") if show else None
         if progress is not None:
             print(f"Stage {k + 1}/{len(self.stages)}: {stage.name} ({stage.unet.image_size}x{stage.unet.image_size})")
-        outputs = []
+        outputs, stop_step = [], self.truncation_step(k)
         for begin in range(0, count, batch_size):
             index = np.arange(begin, min(begin + batch_size, count))
             kwargs = dict(
@@ -196,7 +196,7 @@ class CascadedDiffusionPipeline:
                 num_images=None if labels is not None else len(index),
                 seed=example_seeds(seed, offset + index, stream=k), num_steps=settings["num_steps"],
                 sampler=settings["sampler"], eta=settings["eta"], clip_denoised=settings["clip_denoised"],
-                noise_schedule=settings["noise_schedule"], stop_step=self.truncation_step(k),
+                noise_schedule=settings["noise_schedule"], stop_step=stop_step,
                 use_ema=use_ema, verbose=False,
             )
             if low_res is not None:

@@ -177,7 +177,7 @@ def preset_kind(folder):
     config = _read_json(Path(folder) / CONFIG)
     names = {STAGE_CLASS: "stage", CASCADE_CLASS: "cascade"}
     name = config.get("class_name") if isinstance(config, dict) else None
-    if name not in names or config.get("registered_name") not in (None, f"keras_cdm>{name}"):
+    if name not in names or config.get("registered_name") != f"keras_cdm>{name}":
         raise ValueError(
             f"{Path(folder) / CONFIG} must describe a keras_cdm {STAGE_CLASS} or {CASCADE_CLASS}. "
             f"Received: class_name={name!r}, registered_name={config.get('registered_name')!r}"

@@ -238,6 +238,9 @@ def test_configs_name_only_keras_cdm_classes_and_safe_subfolders(cascade, tmp_pa
                                                              "registered_name": None}))
     with pytest.raises(ValueError, match="must describe a keras_cdm DiffusionModel or CascadedDiffusionPipeline"):
         DiffusionModel.from_preset(folder / "base", load_weights=False)
+    (folder / "base" / "config.json").write_text(json.dumps({**stage_config, "module": "os", "registered_name": None}))
+    with pytest.raises(ValueError, match="Received: class_name='DiffusionModel', registered_name=None"):
+        DiffusionModel.from_preset(folder / "base", load_weights=False)
     lambda_unet = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
                    "config": {"function": {"class_name": "__lambda__", "config": {"code": "print('pwned')"}}}}
     stage_config["config"]["unet"] = lambda_unet
