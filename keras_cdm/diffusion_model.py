@@ -392,7 +392,7 @@ class DiffusionModel(keras.Model):
         """
         from keras_cdm import presets
 
-        folder, _ = presets.resolve_preset(preset, revision)
+        folder = presets.resolve_preset(preset, revision)
         model, random = presets.load_stage(folder, load_weights, label=str(preset))
         if random:
             presets.warn_random_weights(preset)

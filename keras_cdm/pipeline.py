@@ -261,7 +261,7 @@ class CascadedDiffusionPipeline:
         """
         from keras_cdm import presets
 
-        folder, _ = presets.resolve_preset(preset, revision)
+        folder = presets.resolve_preset(preset, revision)
         if presets.preset_kind(folder) == "stage":
             stage, random = presets.load_stage(folder, load_weights, label=str(preset))
             stages, sampling, description = [stage], None, None

@@ -79,22 +79,20 @@ def read_metadata(preset):
 def resolve_preset(preset, revision=None):
     """The local folder of `preset`: a built-in name, a local folder, or
     `hf://owner/repo[@revision][/subfolder]` (downloaded into the Hugging Face cache).
-
-    Returns `(folder, is_builtin)`.
     """
     if isinstance(preset, os.PathLike):
         preset = os.fspath(preset)
     if not isinstance(preset, str) or not preset:
         raise ValueError(f"`preset` must be a preset name, a folder or an hf:// handle. Received: preset={preset!r}")
     if preset.startswith(HF_PREFIX):
-        return download_preset(preset, revision), False
+        return download_preset(preset, revision)
     if revision is not None:
         raise ValueError(f"`revision` applies to hf:// presets only. Received: preset={preset!r}, revision={revision!r}")
     if Path(preset).is_dir():
-        return Path(preset), False
+        return Path(preset)
     if "/" in preset or os.sep in preset:
         raise ValueError(f"Preset folder not found. Received: preset={preset!r}")
-    return builtin_preset_path(preset), True
+    return builtin_preset_path(preset)
 
 
 def parse_hf_handle(handle, revision=None):
@@ -195,8 +193,12 @@ def check_subfolder_name(name):
     return name
 
 
-def load_stage(folder, load_weights=True, is_builtin=False, label=None):
-    """Builds the `DiffusionModel` of a stage preset folder and loads its weights."""
+def load_stage(folder, load_weights=True, label=None):
+    """Builds the `DiffusionModel` of a stage preset folder and loads its weights.
+
+    Returns `(model, random)`: `random` is True when weights were asked for but the
+    preset has none (the caller warns once for a whole cascade).
+    """
     from keras_cdm.diffusion_model import DiffusionModel
 
     folder, label = Path(folder), label or str(folder)
