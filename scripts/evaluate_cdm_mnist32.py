@@ -1,0 +1,221 @@
+"""Measures the trained `cdm_mnist32` cascade (issue 7); writes tables, plots and pictures.
+
+    python scripts/evaluate_cdm_mnist32.py                        # everything, into docs/cdm_mnist32/
+    python scripts/evaluate_cdm_mnist32.py --only quality table3  # some parts
+
+Parts (each merges its numbers into <out>/results.json and prints a Markdown table):
+  quality   domain FID of --num-samples cascade samples against the held-out and the
+            training digits (features of a classifier trained on the real training
+            split), label accuracy of the samples, and the Classification Accuracy
+            Score (a classifier trained on generated digits only, tested on the
+            held-out real digits) next to the same classifier trained on real digits
+  table3    the paper's Table 3a/3b for the 8->16 stage: FID at 16x16 over the
+            augmentation level s, truncated and non-truncated, conditioned on
+            generated 8x8 samples and on real downsampled held-out digits
+  blur      the 16->32 stage trained with and without blur augmentation (the second
+            from --noblur-stage), both fed the same generated 16x16 samples
+  steps     the 16->32 stage sampled with 4, 10, 25 and 100 steps (Figure 8): for each
+            count the best linear inference schedule of a small grid
+  pictures  the 10x10 grid and one seed through every stage
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, save_image_grid
+from keras_cdm.data import mnist_subset, resize_images
+from keras_cdm.evaluation import (ClassifierFeatures, classification_accuracy_score, compute_statistics,
+                                  default_cas_classifier, fid)
+from keras_cdm.search import sample_quality, search_augmentation_level, search_noise_schedule
+
+PARTS = ("quality", "table3", "blur", "steps", "pictures")
+LEVELS = (0, 41, 101, 201, 301, 481)  # s - 1 on the base stage's ddim50 grid (stride 20), so truncation works
+STEP_COUNTS = (4, 10, 25, 100)
+BETA_ENDS = (0.1, 0.3, 0.6, 0.9)
+
+
+def real_digits(split, size):
+    images, labels = mnist_subset(split)
+    return np.asarray(resize_images(images.astype("float32") / 127.5 - 1.0, size)), labels
+
+
+def domain_classifier(size, out, seed=0):
+    """The feature extractor of the domain FID: `default_cas_classifier` trained on the
+    real training digits at `size` (cached in `out`); returns (model, held-out accuracy)."""
+    path = Path(out) / f"classifier_{size}.weights.h5"
+    keras.utils.set_random_seed(seed)
+    model = default_cas_classifier((size, size, 1), 10)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    x, y = real_digits("train", size)
+    if path.exists():
+        model.load_weights(path)
+    else:
+        model.fit(x, y, batch_size=64, epochs=15, verbose=0)
+        model.save_weights(path)
+    xh, yh = real_digits("heldout", size)
+    accuracy = float((np.argmax(model.predict(xh, verbose=0), 1) == yh).mean())
+    return model, accuracy
+
+
+class Context:
+    def __init__(self, args):
+        self.args, self.out = args, Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.pipeline = CascadedDiffusionPipeline.from_preset(args.preset)
+        self.results_path = self.out / "results.json"
+        self._classifiers = {}
+
+    def classifier(self, size):
+        if size not in self._classifiers:
+            self._classifiers[size] = domain_classifier(size, self.out)
+            self.save({f"classifier_{size}_heldout_accuracy": self._classifiers[size][1]})
+        return self._classifiers[size][0]
+
+    def reference(self, split, size):
+        return compute_statistics(real_digits(split, size)[0], ClassifierFeatures(self.classifier(size)))
+
+    def evaluate(self, size):
+        return sample_quality(ClassifierFeatures(self.classifier(size)), self.reference("train", size),
+                              inception_score=False, batch_size=250)
+
+    def save(self, values):
+        results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        results.update(values)
+        self.results_path.write_text(json.dumps(results, indent=1, default=float))
+
+    def samples(self):
+        """The --num-samples cascade samples (balanced labels), generated once and kept."""
+        path = self.out / "samples.npz"
+        if not path.exists():
+            labels = np.arange(self.args.num_samples) % 10
+            start = time.time()
+            images, steps = self.pipeline.generate(labels=labels, seed=self.args.seed, batch_size=250,
+                                                   return_intermediates=True, output="float", verbose=True)
+            names = self.pipeline.stage_names
+            np.savez_compressed(path, labels=labels, images=images, low16=steps[names[1]])
+            self.save({"sampling_seconds": round(time.time() - start, 1),
+                       "sampling_seconds_per_stage": {k: round(v, 1) for k, v in self.pipeline.last_timings.items()}})
+        data = np.load(path)
+        return data["images"], data["labels"], data["low16"]
+
+
+def part_quality(ctx):
+    images, labels, _ = ctx.samples()
+    extractor = ClassifierFeatures(ctx.classifier(32))
+    generated = compute_statistics(images, extractor, batch_size=250)
+    held, train = ctx.reference("heldout", 32), ctx.reference("train", 32)
+    x_train, y_train = real_digits("train", 32)
+    x_held, y_held = real_digits("heldout", 32)
+    predicted = np.argmax(ctx.classifier(32).predict(images, batch_size=250, verbose=0), 1)
+    cas = classification_accuracy_score(images, labels, x_held, y_held, 10, seed=1)
+    real = classification_accuracy_score(x_train, y_train, x_held, y_held, 10, seed=1)
+    results = {
+        "num_samples": len(images),
+        "fid_vs_heldout": fid(held, generated), "fid_vs_train": fid(train, generated),
+        "fid_train_vs_heldout": fid(train, held),
+        "sample_label_accuracy": float((predicted == labels).mean()),
+        "cas_top1": cas["top1"], "cas_top5": cas["top5"],
+        "real_classifier_top1": real["top1"], "real_classifier_top5": real["top5"],
+    }
+    ctx.save({"quality": results})
+    print("\n| measure | value |\n| --- | --- |")
+    for key, value in results.items():
+        print(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+
+
+def part_table3(ctx):
+    n = ctx.args.table3_samples
+    real16, labels = real_digits("heldout", 16)
+    pick = np.concatenate([np.flatnonzero(labels == c)[: n // 10] for c in range(10)])
+    real16, labels = real16[pick], labels[pick]
+    sr16 = ctx.pipeline.stages[1]
+    low8 = np.asarray(keras.ops.convert_to_numpy(sr16.downsample(real16)))
+    evaluate = ctx.evaluate(16)
+    generated = search_augmentation_level(ctx.pipeline, 1, LEVELS, evaluate, labels, seed=ctx.args.seed,
+                                          batch_size=250, plot_path=ctx.out / "table3a_generated.png")
+    real = search_augmentation_level(ctx.pipeline, 1, LEVELS, evaluate, labels, seed=ctx.args.seed,
+                                     low_res_images=low8, batch_size=250, plot_path=ctx.out / "table3b_real.png")
+    ctx.save({"table3": {"samples": len(labels), "generated": generated.rows, "real": real.rows}})
+    print("\n| s | FID non-truncated (generated 8x8) | FID truncated (generated 8x8) | FID real 8x8 |")
+    print("| --- | --- | --- | --- |")
+    rows = {(r["mode"], r["s"]): r["fid"] for r in generated.rows + real.rows}
+    for s in LEVELS:
+        print(f"| {s} | {rows[('non_truncated', s)]:.3f} | {rows[('truncated', s)]:.3f} | "
+              f"{rows[('ground_truth', s)]:.3f} |")
+
+
+def _sr32_fid(ctx, pipeline, low16, labels):
+    images = pipeline.generate(labels=labels, seed=ctx.args.seed, batch_size=250, start_stage=2,
+                               low_res_images=low16, verbose=False)
+    return ctx.evaluate(32)(images)["fid"]
+
+
+def part_blur(ctx):
+    _, labels, low16 = ctx.samples()
+    n = ctx.args.ablation_samples
+    noblur = DiffusionModel.from_preset(ctx.args.noblur_stage)
+    variant = CascadedDiffusionPipeline(ctx.pipeline.stages[:2] + [noblur], ctx.pipeline.sampling)
+    results = {"samples": n, "with_blur": _sr32_fid(ctx, ctx.pipeline, low16[:n], labels[:n]),
+               "without_blur": _sr32_fid(ctx, variant, low16[:n], labels[:n])}
+    ctx.save({"blur": results})
+    print(f"\n| 16->32 stage | FID (32x32, {n} samples) |\n| --- | --- |")
+    print(f"| with blur augmentation | {results['with_blur']:.3f} |")
+    print(f"| without | {results['without_blur']:.3f} |")
+
+
+def part_steps(ctx):
+    _, labels, low16 = ctx.samples()
+    n = ctx.args.ablation_samples
+    rows = []
+    for steps in STEP_COUNTS:
+        ends = BETA_ENDS if steps < 100 else (0.02, 0.1)
+        schedules = [{"schedule": "linear", "num_timesteps": steps, "beta_start": 1e-4, "beta_end": b}
+                     for b in ends]
+        result = search_noise_schedule(ctx.pipeline, 2, steps, ctx.evaluate(32), labels[:n], seed=ctx.args.seed,
+                                       schedules=schedules, low_res_images=low16[:n], batch_size=250)
+        rows.append({"steps": steps, "best": result.best, "all": result.rows})
+    ctx.save({"steps": {"samples": n, "rows": rows}})
+    print(f"\n| steps | best beta_end | FID (32x32, {n} samples) |\n| --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['steps']} | {row['best']['beta_end']} | {row['best']['fid']:.3f} |")
+
+
+def part_pictures(ctx):
+    labels = np.repeat(np.arange(10), 10)
+    images, steps = ctx.pipeline.generate(labels=labels, seed=ctx.args.seed, batch_size=100,
+                                          return_intermediates=True, verbose=False)
+    save_image_grid(images, ctx.out / "grid.png", labels=labels, columns=10)
+    stages = [keras.ops.convert_to_numpy(keras.ops.image.resize(steps[name][:10].astype("float32"), (32, 32),
+                                                                 interpolation="nearest"))
+              for name in ctx.pipeline.stage_names]
+    path = save_image_grid(np.concatenate(stages).astype("uint8"), ctx.out / "stages.png", columns=10)
+    print(f"\nwrote {ctx.out / 'grid.png'} and {path} (rows: 8x8, 16x16, 32x32; nearest-neighbour enlarged)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cdm_mnist32")
+    parser.add_argument("--noblur-stage", default="runs/cdm_mnist32_noblur/stages/sr32")
+    parser.add_argument("--out", default="docs/cdm_mnist32")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=int, default=5000)
+    parser.add_argument("--table3-samples", type=int, default=500)
+    parser.add_argument("--ablation-samples", type=int, default=1000)
+    args = parser.parse_args(argv)
+    ctx = Context(args)
+    for part in args.only:
+        start = time.time()
+        globals()[f"part_{part}"](ctx)
+        ctx.save({f"{part}_seconds": round(time.time() - start, 1)})
+        print(f"[{part}: {time.time() - start:.0f} s]")
+
+
+if __name__ == "__main__":
+    main()
