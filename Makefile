@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= cdm_imagenet32_base
+SEED ?= 0
 
-.PHONY: demo test test-large install clean
+.PHONY: demo architecture test test-large install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job: build a paper architecture and print its summary and parameter count.
+# Main job: sample the trained cdm_mnist32 cascade (8 -> 16 -> 32) into a labelled
+# 10x10 grid, one row per digit.
 demo: $(STAMP)
+	$(VENV)/bin/keras-cdm sample --preset cdm_mnist32 --per-class 10 --seed $(SEED) --batch-size 100 --out mnist_grid.png
+
+# Build a paper architecture (random weights) and print its summary and parameter count.
+architecture: $(STAMP)
 	$(VENV)/bin/keras-cdm architecture $(PRESET)
 
 # The whole suite under TensorFlow and, at the same time (much of a test's time is

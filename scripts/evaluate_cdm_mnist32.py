@@ -35,8 +35,8 @@ from keras_cdm.search import sample_quality, search_augmentation_level, search_n
 
 PARTS = ("quality", "table3", "blur", "steps", "pictures")
 LEVELS = (0, 41, 101, 201, 301, 481)  # s - 1 on the base stage's ddim50 grid (stride 20), so truncation works
-STEP_COUNTS = (4, 10, 25, 100)
-BETA_ENDS = (0.1, 0.3, 0.6, 0.9)
+# candidate linear inference schedules (beta from 1e-4 to beta_end) per number of steps
+BETA_ENDS = {4: (0.5, 0.9), 10: (0.3, 0.6, 0.9), 25: (0.1, 0.3, 0.6), 100: (0.05, 0.2)}
 
 
 def real_digits(split, size):
@@ -171,10 +171,9 @@ def part_blur(ctx):
 
 def part_steps(ctx):
     _, labels, low16 = ctx.samples()
-    n = ctx.args.ablation_samples
+    n = ctx.args.steps_samples
     rows = []
-    for steps in STEP_COUNTS:
-        ends = BETA_ENDS if steps < 100 else (0.02, 0.1)
+    for steps, ends in BETA_ENDS.items():
         schedules = [{"schedule": "linear", "num_timesteps": steps, "beta_start": 1e-4, "beta_end": b}
                      for b in ends]
         result = search_noise_schedule(ctx.pipeline, 2, steps, ctx.evaluate(32), labels[:n], seed=ctx.args.seed,
@@ -208,6 +207,7 @@ def main(argv=None):
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--table3-samples", type=int, default=500)
     parser.add_argument("--ablation-samples", type=int, default=1000)
+    parser.add_argument("--steps-samples", type=int, default=500)
     args = parser.parse_args(argv)
     ctx = Context(args)
     for part in args.only:

@@ -90,7 +90,7 @@ def test_sample_per_class_writes_one_row_per_class(capsys, tiny_presets, tmp_pat
 
     out = tmp_path / "grid.png"
     code, stdout, err = run(capsys, "sample", "--preset", "tiny_cascade", "--per-class", "2", "--out", str(out),
-                            "--steps", "2", "--quiet")
+                            "--steps", "all", "all", "2", "--quiet")
     assert code == 0, err
     assert f"wrote 6 samples (32x32) to {out}" in stdout
     width, height = Image.open(out).size
