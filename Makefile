@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= cdm_imagenet32_base
 SEED ?= 0
 
-.PHONY: demo architecture test test-large install clean
+.PHONY: demo architecture train-mnist evaluate-mnist test test-large install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ test: $(STAMP)
 	echo "== KERAS_BACKEND=jax pytest -q -m 'not backend_neutral and not tensorflow_only' (exit $$jax)"; \
 	cat .test-jax.log; \
 	test $$tf -eq 0 && test $$jax -eq 0
+
+# Retrain cdm_mnist32 from scratch (seeded; rerun to resume) into presets/cdm_mnist32, then
+# measure it (tables, plots and pictures into docs/cdm_mnist32/). See docs/cdm_mnist32.md.
+train-mnist: $(STAMP)
+	$(PY) scripts/train_cdm_mnist32.py
+	$(PY) scripts/train_cdm_mnist32.py --stages sr32 --no-blur --workdir runs/cdm_mnist32_noblur --no-assemble
+
+evaluate-mnist: $(STAMP)
+	$(PY) scripts/evaluate_cdm_mnist32.py
 
 test-large: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q --large -m large

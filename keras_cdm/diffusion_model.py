@@ -462,7 +462,8 @@ def _check_stage(unet, diffusion, augmentation):
         )
 
 
-_SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end")
+_SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end", "variance")
+_INFERENCE_VARIANCES = ("fixed_small", "fixed_large")
 
 
 def _inference_schedule(diffusion, noise_schedule):
@@ -475,6 +476,12 @@ def _inference_schedule(diffusion, noise_schedule):
         raise ValueError(
             f"`noise_schedule` must be a GaussianDiffusion or a dict with keys among {list(_SCHEDULE_KEYS)}. "
             f"Received: noise_schedule={noise_schedule!r}"
+        )
+    if noise_schedule.get("variance", diffusion.variance) != diffusion.variance and (
+            diffusion.variance not in _INFERENCE_VARIANCES or noise_schedule["variance"] not in _INFERENCE_VARIANCES):
+        raise ValueError(
+            f"An inference `noise_schedule` may switch only between the fixed variances {list(_INFERENCE_VARIANCES)} "
+            f"(this stage trains {diffusion.variance!r}). Received: variance={noise_schedule['variance']!r}"
         )
     return GaussianDiffusion(**{**diffusion.get_config(), "section_counts": None, "beta_start": None,
                                 "beta_end": None, **noise_schedule})

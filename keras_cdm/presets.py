@@ -206,7 +206,11 @@ def load_stage(folder, load_weights=True, label=None):
         raise ValueError(f"Preset {label!r} is a cascade: load it with CascadedDiffusionPipeline.from_preset, "
                          "or name one of its stage subfolders.")
     metadata = _read_json(folder / METADATA)
-    model = keras.saving.deserialize_keras_object(_read_json(folder / CONFIG), safe_mode=True)
+    config = _read_json(folder / CONFIG)
+    # Presets load uncompiled (an optimizer compiled here would start with an empty EMA,
+    # which `generate` would then sample with); call `compile()` to fine-tune.
+    config.pop("compile_config", None)
+    model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     if not isinstance(model, DiffusionModel):
         raise ValueError(f"Preset {label!r} does not describe a DiffusionModel. Received: {type(model).__name__}")
     expected = metadata.get("parameter_count")
@@ -283,13 +287,21 @@ def write_stage(model, folder, include_weights=True, description=None):
     """Writes a stage preset into the existing, empty `folder` (EMA weights when the
     optimizer has them)."""
     folder = Path(folder)
-    config = keras.saving.serialize_keras_object(model)
-    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     metadata = {**stage_metadata(model, description), "weights": None}
-    if include_weights:
-        with model.ema_weights():
-            model.save_weights(folder / WEIGHTS)
-        metadata.update(weights=WEIGHTS, weights_sha256=sha256(folder / WEIGHTS))
+    # A preset is the model and its EMA weights, without the training state: Keras would
+    # write a compiled model's optimizer into both the config (compile_config) and the
+    # weights file (3x the weights with Adam and EMA).
+    optimizer = getattr(model, "optimizer", None)
+    with model.ema_weights():
+        try:
+            model.optimizer = None
+            config = keras.saving.serialize_keras_object(model)
+            if include_weights:
+                model.save_weights(folder / WEIGHTS)
+                metadata.update(weights=WEIGHTS, weights_sha256=sha256(folder / WEIGHTS))
+        finally:
+            model.optimizer = optimizer
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     (folder / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 
 

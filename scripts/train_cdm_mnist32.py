@@ -36,8 +36,9 @@ COMMON = dict(num_classes=10, image_channels=1, dropout=0.1, num_groups=8)
 TRAINING = {"base": (60, 64, 3e-4), "sr16": (50, 64, 3e-4), "sr32": (15, 32, 3e-4)}
 SAMPLING = [
     {"sampler": "ancestral", "num_steps": "ddim50"},
-    {"sampler": "ancestral", "num_steps": 50, "augmentation_level": 101, "truncated": False},
-    {"noise_schedule": {"schedule": "linear", "num_timesteps": 25, "beta_start": 1e-4, "beta_end": 0.5}},
+    {"sampler": "ancestral", "num_steps": 50, "augmentation_level": 0, "truncated": False},
+    {"noise_schedule": {"schedule": "linear", "num_timesteps": 25, "beta_start": 1e-4, "beta_end": 0.3,
+                        "variance": "fixed_small"}},
 ]
 
 

@@ -207,6 +207,12 @@ def test_continuous_noise_stage_with_blur_trains_and_samples():
     assert np.abs(custom - out).max() > 1e-3
     with pytest.raises(ValueError, match="dict with keys among"):
         model.generate(labels=[0], seed=0, low_res_images=low[:1], noise_schedule={"steps": 10})
+    # An inference schedule may switch between the fixed variances (fixed_small: posterior variances).
+    large = model.inference_diffusion(noise_schedule={**schedule, "variance": "fixed_large"})
+    assert large.variance == "fixed_large" and model.diffusion.variance == "fixed_small"
+    np.testing.assert_allclose(large.sqrt_alphas_cumprod, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="may switch only between the fixed variances"):
+        model.inference_diffusion(noise_schedule={**schedule, "variance": "learned_range"})
 
 
 # Bad input -------------------------------------------------------------------------------------

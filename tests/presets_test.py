@@ -2,6 +2,7 @@ import json
 import shutil
 import warnings
 
+import keras
 import numpy as np
 import pytest
 
@@ -49,7 +50,7 @@ def tiny_presets(tmp_path, monkeypatch):
 
 def test_builtin_presets_are_the_paper_cascades_and_stages():
     listed = presets.list_presets()
-    assert sorted(listed) == sorted([*PAPER_COUNTS, *CASCADES])
+    assert sorted(listed) == sorted([*PAPER_COUNTS, *CASCADES, "cdm_mnist32"])  # the trained one: mnist_preset_test
     assert all("Appendix B" in listed[name] for name in PAPER_COUNTS)
     assert all("cascade" in listed[name] and "Table 1a" in listed[name] for name in CASCADES)
     for name, count in PAPER_COUNTS.items():
@@ -162,6 +163,34 @@ def test_cascade_round_trip_reproduces_the_images(cascade, reference_images, tmp
     assert CascadedDiffusionPipeline.from_preset(folder / "base").stage_names == ["base"]
     with pytest.raises(ValueError, match="is a cascade: load it with CascadedDiffusionPipeline.from_preset"):
         DiffusionModel.from_preset(folder)
+
+
+def test_stage_preset_holds_the_ema_weights_and_no_optimizer_state(tmp_path):
+    import h5py
+
+    stage = tiny_cascade().stages[0]
+    stage.compile(ema_momentum=0.5)
+    optimizer = stage.optimizer
+    optimizer.build(stage.trainable_variables)
+    for ema, var in zip(optimizer._model_variables_moving_average, stage.trainable_variables):
+        ema.assign(np.full(var.shape, 0.25, var.dtype))
+    folder = stage.save_to_preset(tmp_path / "stage")
+    with h5py.File(folder / "model.weights.h5") as f:
+        assert "optimizer" not in f
+    assert stage.optimizer is optimizer  # the training state stays with the model
+    assert "compile_config" not in json.loads((folder / "config.json").read_text())
+    loaded = DiffusionModel.from_preset(folder)
+    assert getattr(loaded, "optimizer", None) is None
+    assert all(np.all(w == 0.25) for w in loaded.unet.trainable_weights)
+    np.testing.assert_array_equal(loaded.generate(labels=[1], seed=0, verbose=False),
+                                  stage.generate(labels=[1], seed=0, verbose=False))  # EMA on both sides
+    # A preset written with the optimizer in its config (earlier versions) still loads its EMA weights.
+    config = json.loads((folder / "config.json").read_text())
+    config["compile_config"] = {"optimizer": keras.saving.serialize_keras_object(keras.optimizers.Adam(use_ema=True))}
+    (folder / "config.json").write_text(json.dumps(config))
+    old = DiffusionModel.from_preset(folder)
+    np.testing.assert_array_equal(old.generate(labels=[1], seed=0, verbose=False),
+                                  loaded.generate(labels=[1], seed=0, verbose=False))
 
 
 def test_saving_refuses_to_overwrite_and_replaces_atomically(cascade, tmp_path, monkeypatch):
