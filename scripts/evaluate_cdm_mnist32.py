@@ -50,13 +50,11 @@ def domain_classifier(size, out, seed=0):
     path = Path(out) / f"classifier_{size}.weights.h5"
     keras.utils.set_random_seed(seed)
     model = default_cas_classifier((size, size, 1), 10)
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    x, y = real_digits("train", size)
     if path.exists():
         model.load_weights(path)
     else:
-        model.fit(x, y, batch_size=64, epochs=15, verbose=0)
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(*real_digits("train", size), batch_size=64, epochs=15, verbose=0)
         model.save_weights(path)
     xh, yh = real_digits("heldout", size)
     accuracy = float((np.argmax(model.predict(xh, verbose=0), 1) == yh).mean())

@@ -75,12 +75,16 @@ def test_installed_wheel_carries_the_presets(tmp_path):
     assert "keras_cdm/_presets/cdm_imagenet64_to_256/config.json" in names
     assert "keras_cdm/_presets/cdm_imagenet256/cdm_imagenet64_to_256/model.weights.h5" not in names
     assert "keras_cdm/_presets/cdm_imagenet256/config.json" in names
+    assert "keras_cdm/_presets/cdm_mnist32/sr32/model.weights.h5" in names  # the trained cascade
     assert any(n.endswith("entry_points.txt") for n in names)
-    code = "import keras_cdm.presets as p; print(p.builtin_presets_dir()); print(sorted(p.list_presets()))"
+    code = ("import keras_cdm.presets as p; from keras_cdm import CascadedDiffusionPipeline as C; "
+            "print(C.from_preset('cdm_mnist32').stage_names); "
+            "print(p.builtin_presets_dir()); print(sorted(p.list_presets()))")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
-    found, listed = out.stdout.strip().splitlines()[-2:]
+    stages, found, listed = out.stdout.strip().splitlines()[-3:]
+    assert stages == "['base', 'sr16', 'sr32']"
     assert Path(found) == tmp_path / "site" / "keras_cdm" / "_presets"
     assert "cdm_imagenet32_base" in listed
