@@ -67,7 +67,7 @@ class Context:
         self.out.mkdir(parents=True, exist_ok=True)
         self.pipeline = CascadedDiffusionPipeline.from_preset(args.preset)
         self.results_path = self.out / "results.json"
-        self._classifiers = {}
+        self._classifiers, self._references = {}, {}
 
     def classifier(self, size):
         if size not in self._classifiers:
@@ -76,7 +76,11 @@ class Context:
         return self._classifiers[size][0]
 
     def reference(self, split, size):
-        return compute_statistics(real_digits(split, size)[0], ClassifierFeatures(self.classifier(size)))
+        """Feature statistics of the real digits of `split` (computed once per split and size)."""
+        if (split, size) not in self._references:
+            self._references[split, size] = compute_statistics(real_digits(split, size)[0],
+                                                               ClassifierFeatures(self.classifier(size)))
+        return self._references[split, size]
 
     def evaluate(self, size):
         return sample_quality(ClassifierFeatures(self.classifier(size)), self.reference("train", size),
