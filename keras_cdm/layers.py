@@ -16,10 +16,74 @@ from keras_cdm._validation import check_choice, check_positive_int, check_range
 register = keras.saving.register_keras_serializable(package="keras_cdm")
 
 
+@register
+class GroupNormalization(keras.layers.GroupNormalization):
+    """Keras' `GroupNormalization` (same weights and config), faster channels-last.
+
+    Keras normalises a `(batch, ..., groups, channels // groups)` view with
+    reductions over non-adjacent axes and 5-D broadcasts, which TensorFlow runs
+    slowly on CPUs (15.7 ms vs 3.1 ms for a `(32, 32, 32, 64)` input with 32
+    groups, 2 cores). With the channels last, this reduces over the spatial axes
+    only (per-channel means of x and x**2, in float32), pools them by group, and
+    applies one scale and shift per (example, channel):
+    `y = x * s + (beta - mean * s)`, `s = gamma / sqrt(var + epsilon)`. The
+    variance is `E[x**2] - E[x]**2` in float32 (as in fused GPU group-norm
+    kernels): relative error about `1e-7 * (1 + mean**2 / var)`, ample for
+    network activations. Other axes use Keras' implementation.
+
+    Args:
+        groups: number of groups; must divide the channels.
+        epsilon: added to the variance.
+        **kwargs: the other arguments of `keras.layers.GroupNormalization`.
+
+    Example:
+    >>> norm = GroupNormalization(groups=4)
+    >>> y = keras.ops.convert_to_numpy(norm(np.arange(64.0).reshape(1, 2, 2, 16)))
+    >>> float(abs(y[..., :4].mean())) < 1e-5, y.shape
+    (True, (1, 2, 2, 16))
+    """
+
+    def call(self, inputs, scale=None, shift=None):
+        """Normalises `inputs`; `scale` and `shift`, `(batch, channels)`, then modulate
+        the result FiLM-style, `y * (1 + scale) + shift`, folded into the same pass."""
+        rank = len(inputs.shape)
+        channels = inputs.shape[self.axis]
+        broadcast = [1] * rank
+        broadcast[0], broadcast[self.axis] = -1, channels
+        if self.axis not in (-1, rank - 1) or rank < 3:
+            outputs = super().call(inputs)
+            if scale is not None:
+                outputs = outputs * (1.0 + ops.reshape(scale, broadcast))
+            if shift is not None:
+                outputs = outputs + ops.reshape(shift, broadcast)
+            return ops.cast(outputs, self.compute_dtype)
+        groups = self.groups
+        x = ops.cast(inputs, "float32")
+        spatial = tuple(range(1, rank - 1))
+
+        def group_mean(values):  # (batch, channels) -> (batch, channels), averaged per group
+            grouped = ops.mean(ops.reshape(values, (-1, groups, channels // groups)), axis=-1, keepdims=True)
+            return ops.reshape(ops.repeat(grouped, channels // groups, axis=-1), (-1, channels))
+
+        mean = group_mean(ops.mean(x, axis=spatial))
+        variance = ops.maximum(group_mean(ops.mean(ops.square(x), axis=spatial)) - ops.square(mean), 0.0)
+        multiplier = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            multiplier = multiplier * ops.cast(self.gamma, "float32")
+        offset = -mean * multiplier
+        if self.center:
+            offset = offset + ops.cast(self.beta, "float32")
+        if scale is not None:
+            factor = 1.0 + ops.cast(scale, "float32")
+            multiplier, offset = multiplier * factor, offset * factor
+        if shift is not None:
+            offset = offset + ops.cast(shift, "float32")
+        outputs = x * ops.reshape(multiplier, broadcast) + ops.reshape(offset, broadcast)
+        return ops.cast(outputs, self.compute_dtype)
+
+
 def _group_norm(num_groups, epsilon, name, dtype):
-    return keras.layers.GroupNormalization(
-        groups=num_groups, epsilon=epsilon, name=name, dtype=dtype
-    )
+    return GroupNormalization(groups=num_groups, epsilon=epsilon, name=name, dtype=dtype)
 
 
 def _check_groups(channels, num_groups, layer_name):
@@ -318,12 +382,12 @@ class ResidualBlock(keras.layers.Layer):
         if self.resample_layer is not None:
             h, x = self.resample_layer(h), self.resample_layer(x)
         h = self.conv_in(h)
-        e = self.embedding_proj(ops.silu(embedding))[:, None, None, :]
+        e = self.embedding_proj(ops.silu(embedding))
         if self.use_scale_shift_norm:
             scale, shift = ops.split(e, 2, axis=-1)
-            h = self.norm_out(h) * (1.0 + scale) + shift
+            h = self.norm_out(h, scale=scale, shift=shift)
         else:
-            h = self.norm_out(h + e)
+            h = self.norm_out(h + e[:, None, None, :])
         h = self.conv_out(self.dropout_layer(ops.silu(h), training=training))
         return (x if self.skip is None else self.skip(x)) + h
 

@@ -328,7 +328,7 @@ def _build_graph(a):
             else:
                 h = cdm_layers.Upsample(a["conv_resample"], name=f"up_{level}_upsample", dtype=dtype)(h)
 
-    h = keras.layers.GroupNormalization(groups, epsilon=1e-5, name="output_norm", dtype=dtype)(h)
+    h = cdm_layers.GroupNormalization(groups, epsilon=1e-5, name="output_norm", dtype=dtype)(h)
     h = keras.layers.Activation("silu", name="output_silu", dtype=dtype)(h)
     out_channels = ch_in * (2 if a["learned_variance"] else 1)
     h = keras.layers.Conv2D(

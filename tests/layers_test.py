@@ -227,6 +227,58 @@ def test_upsample_is_nearest_then_conv():
     np.testing.assert_array_equal(to_numpy(layers.Upsample(use_conv=False)(X)), nearest.astype("float32"))
 
 
+# GroupNormalization ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_group_normalization_matches_float64_reference(offset):
+    x = (RNG.normal(size=(3, 5, 4, 16)) * 2 + RNG.normal(size=16) * offset).astype("float32")
+    norm = layers.GroupNormalization(groups=4, epsilon=1e-5)
+    norm.build(x.shape)
+    randomize_weights(norm)
+    w = _w(norm)
+    expected = group_norm(x.astype(np.float64), 4, w["gamma"], w["beta"])
+    np.testing.assert_allclose(to_numpy(norm(x)), expected, atol=2e-5 * (1 + offset))
+
+
+def test_group_normalization_is_keras_layer_with_same_values_and_gradients():
+    x = RNG.normal(size=(2, 6, 6, 32)).astype("float32")
+    ours, theirs = layers.GroupNormalization(8), keras.layers.GroupNormalization(8)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    randomize_weights(ours)
+    theirs.set_weights(ours.get_weights())
+    assert isinstance(ours, keras.layers.GroupNormalization)
+    assert [v.path.split("/")[-1] for v in ours.weights] == ["gamma", "beta"]
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradients compared with tf.GradientTape")
+    import tensorflow as tf
+
+    upstream = RNG.normal(size=x.shape).astype("float32")
+    grads = []
+    for layer in (ours, theirs):
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            out = layer(xt)
+            loss = tf.reduce_sum(out * upstream)
+        grads.append([to_numpy(g) for g in tape.gradient(loss, [xt] + layer.trainable_variables)])
+        np.testing.assert_allclose(to_numpy(out), to_numpy(theirs(x)), atol=1e-5)
+    for g_ours, g_theirs in zip(*grads):
+        np.testing.assert_allclose(g_ours, g_theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_group_normalization_folds_film_modulation(axis):
+    x = RNG.normal(size=(2, 16, 4, 16)).astype("float32")
+    scale, shift = RNG.normal(size=(2, 16)).astype("float32"), RNG.normal(size=(2, 16)).astype("float32")
+    ours, theirs = layers.GroupNormalization(4, axis=axis), keras.layers.GroupNormalization(4, axis=axis)
+    shape = (2, 1, 1, 16) if axis == -1 else (2, 16, 1, 1)
+    expected = to_numpy(theirs(x)) * (1 + scale.reshape(shape)) + shift.reshape(shape)
+    np.testing.assert_allclose(to_numpy(ours(x, scale=scale, shift=shift)), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(ours(x)), to_numpy(theirs(x)), atol=1e-5)
+
+
 # Every layer: serialization, mixed precision, docs ------------------------------------
 
 LAYER_CASES = {
@@ -238,6 +290,7 @@ LAYER_CASES = {
     ),
     "AttentionBlock": (lambda **kw: layers.AttentionBlock(num_heads=2, num_groups=8, **kw), (X,)),
     "Downsample": (lambda **kw: layers.Downsample(**kw), (X,)),
+    "GroupNormalization": (lambda **kw: layers.GroupNormalization(groups=4, **kw), (X,)),
     "Upsample": (lambda **kw: layers.Upsample(use_conv=True, **kw), (X,)),
 }
 
