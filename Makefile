@@ -28,16 +28,17 @@ architecture: $(STAMP)
 
 # The whole suite under TensorFlow and, at the same time (much of a test's time is
 # single-threaded tracing, so two passes share 2 cores well), the backend-dependent tests
-# under JAX; each pass logs to its own file, printed when both are done. The target fails
+# under JAX, plus the guides (each runs in its own process, in fast mode: the JAX pass is the
+# lighter one); each pass logs to its own file, printed when both are done. The target fails
 # if either pass fails; pytest exits non-zero when it collects nothing, so an empty run fails CI.
 test: $(STAMP)
 	@tmp=$$(mktemp -d); \
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q --basetemp=$$tmp/tf > .test-tensorflow.log 2>&1 & tf=$$!; \
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q --basetemp=$$tmp/tf -m "not guides" > .test-tensorflow.log 2>&1 & tf=$$!; \
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider --basetemp=$$tmp/jax \
-	    -m "not backend_neutral and not tensorflow_only" > .test-jax.log 2>&1; jax=$$?; \
+	    -m "(not backend_neutral and not tensorflow_only) or guides" > .test-jax.log 2>&1; jax=$$?; \
 	wait $$tf; tf=$$?; \
-	echo "== KERAS_BACKEND=tensorflow pytest -q (exit $$tf)"; cat .test-tensorflow.log; \
-	echo "== KERAS_BACKEND=jax pytest -q -m 'not backend_neutral and not tensorflow_only' (exit $$jax)"; \
+	echo "== KERAS_BACKEND=tensorflow pytest -q -m 'not guides' (exit $$tf)"; cat .test-tensorflow.log; \
+	echo "== KERAS_BACKEND=jax pytest -q -m '(not backend_neutral and not tensorflow_only) or guides' (exit $$jax)"; \
 	cat .test-jax.log; \
 	test $$tf -eq 0 && test $$jax -eq 0
 

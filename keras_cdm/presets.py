@@ -28,6 +28,7 @@ import keras
 
 CONFIG, METADATA, WEIGHTS, MODEL_CARD = "config.json", "metadata.json", "model.weights.h5", "README.md"
 HF_PREFIX = "hf://"
+CARD_PLACEHOLDER = "hf://OWNER/REPO"  # in the model card's example until `upload_preset` fills it in
 STAGE_CLASS, CASCADE_CLASS = "DiffusionModel", "CascadedDiffusionPipeline"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -408,7 +409,8 @@ def upload_preset(handle, folder, private=None, commit_message=None, token=None)
     """Uploads a preset folder to `hf://owner/repo[/subfolder]` (creating the repo).
 
     The folder is validated first, and gets a model card (`README.md`) if it has
-    none. Returns the URL of the commit.
+    none; in an existing card, the `hf://OWNER/REPO` placeholder of the card written
+    by `save_to_preset` is replaced by this repository. Returns the URL of the commit.
 
     Example:
     >>> pipeline.save_to_preset("my_cascade")
@@ -420,9 +422,11 @@ def upload_preset(handle, folder, private=None, commit_message=None, token=None)
         raise ValueError(f"Upload to an 'hf://owner/repo[/subfolder]' handle. Received: handle={handle!r}")
     repo_id, sub, revision = parse_hf_handle(handle)
     validate_folder(folder)
-    card = Path(folder) / MODEL_CARD
+    card, target = Path(folder) / MODEL_CARD, repo_id + (f"/{sub}" if sub else "")
     if not card.exists():
-        card.write_text(model_card(folder).replace("OWNER/REPO", repo_id + (f"/{sub}" if sub else "")))
+        card.write_text(model_card(folder).replace("OWNER/REPO", target))
+    elif CARD_PLACEHOLDER in card.read_text():
+        card.write_text(card.read_text().replace(CARD_PLACEHOLDER, HF_PREFIX + target))
     api = HfApi(endpoint=_hub_settings()["endpoint"], token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sub, revision=revision,

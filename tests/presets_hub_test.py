@@ -56,6 +56,16 @@ def test_upload_download_round_trip_reproduces_the_images(cascade, hub, tmp_path
     assert downloaded and all("/sr16/" in path for path in downloaded)
 
 
+def test_upload_fills_in_the_repository_of_the_saved_model_card(cascade, hub, tmp_path):
+    folder = cascade.save_to_preset(tmp_path / "tiny")
+    card = folder / "README.md"
+    assert "hf://OWNER/REPO" in card.read_text()
+    card.write_text(card.read_text() + "\n## Training data\n\nMy own.\n")  # the user's edits are kept
+    upload_preset("hf://tester/carded/sub", folder)
+    text = card.read_text()
+    assert "OWNER/REPO" not in text and 'from_preset("hf://tester/carded/sub")' in text and "My own." in text
+
+
 def test_pinned_revision_loads_the_old_commit(cascade, hub, tmp_path):
     folder = cascade.save_to_preset(tmp_path / "tiny")
     upload_preset("hf://tester/pinned", folder)
