@@ -156,11 +156,11 @@ def _machine():
     return f"{platform.machine()} with {cpus} CPU core{'s' if cpus != 1 else ''}"
 
 
-def render(path, out_dir, fast):
+def render(path, out_dir, fast, env_overrides=None):
     """Renders one guide in a fresh process; returns the Markdown file."""
     path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, **(env_overrides or {})}
     env["KERAS_CDM_GUIDES_FAST"] = "1" if fast else "0"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.perf_counter()
@@ -181,6 +181,9 @@ def main(argv=None):
     parser.add_argument("guides", nargs="*", help="guide names (default: all)")
     parser.add_argument("--fast", action="store_true", help="run the guides in fast mode")
     parser.add_argument("--out", default=str(GUIDES / "rendered"))
+    parser.add_argument("--loopback-hub", action="store_true",
+                        help="run against the tests' loopback Hub (tests/hub_server.py) instead of "
+                             "huggingface.co: the Hub guide then uploads without a token or network")
     parser.add_argument("--execute", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.execute:
@@ -191,10 +194,22 @@ def main(argv=None):
     unknown = [g for g in args.guides if g not in available]
     if unknown:
         parser.error(f"unknown guide(s) {unknown}; available: {sorted(available)}")
-    for name in args.guides or sorted(available):
-        start = time.perf_counter()
-        markdown = render(available[name], args.out, args.fast)
-        print(f"{name}: {markdown} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        overrides = {}
+        if args.loopback_hub:
+            import tempfile
+
+            sys.path.insert(0, str(GUIDES.parent))
+            from tests.hub_server import HubServer
+
+            server = stack.enter_context(HubServer())
+            overrides = {"HF_ENDPOINT": server.endpoint, "HF_TOKEN": "loopback", "HF_HUB_DISABLE_TELEMETRY": "1",
+                         "HF_HUB_CACHE": stack.enter_context(tempfile.TemporaryDirectory()),
+                         "KERAS_CDM_GUIDES_HUB_REPO": "keras-cdm-guides/cdm-mnist32"}
+        for name in args.guides or sorted(available):
+            start = time.perf_counter()
+            markdown = render(available[name], args.out, args.fast, overrides)
+            print(f"{name}: {markdown} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     return 0
 
 
