@@ -336,7 +336,9 @@ class DiffusionModel(keras.Model):
             return
         variables = self.trainable_variables
         saved = [ops.convert_to_numpy(v) for v in variables]
-        optimizer.finalize_variable_values(variables)
+        # The class's method: inside `fit` the instance's is switched off (see `fit`),
+        # and callbacks that sample during training must still see the EMA.
+        type(optimizer).finalize_variable_values(optimizer, variables)
         try:
             yield
         finally:
