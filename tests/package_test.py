@@ -23,6 +23,7 @@ def test_public_api_is_pinned():
         "Downsample",
         "GaussianConditioningAugmentation",
         "GaussianDiffusion",
+        "GroupNormalization",
         "ResidualBlock",
         "TimestepEmbedding",
         "Upsample",
