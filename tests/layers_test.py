@@ -268,6 +268,29 @@ def test_group_normalization_is_keras_layer_with_same_values_and_gradients():
         np.testing.assert_allclose(g_ours, g_theirs, atol=1e-4)
 
 
+def test_group_normalization_gradients_are_finite_on_constant_and_zero_slices():
+    # A slice that is all zeros (a zero image through a zero-bias conv) has a zero
+    # sum of squares: the gradient must stay finite, with the variance clamped at 0.
+    x = np.zeros((2, 4, 4, 8), "float32")
+    x[1] = RNG.normal(size=(4, 4, 8))
+    norm = layers.GroupNormalization(4)
+    norm.build(x.shape)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(norm(xt) * RNG.normal(size=x.shape).astype("float32"))
+        grad = to_numpy(tape.gradient(loss, xt))
+    else:
+        import jax
+
+        grad = np.asarray(jax.grad(lambda a: (norm(a) * RNG.normal(size=x.shape)).sum())(x))
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(to_numpy(norm(x))[0], 0.0, atol=1e-6)
+
+
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_group_normalization_folds_film_modulation(axis):
     x = RNG.normal(size=(2, 16, 4, 16)).astype("float32")
