@@ -90,7 +90,7 @@ def _sum_of_squares(x):
     (NaN where a slice is all zeros), so the gradient, `2 * x * upstream`, is
     given here. XLA (JAX) fuses the square into the reduction by itself."""
     spatial = tuple(range(1, len(x.shape) - 1))
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow" or _in_xla_context():
         return ops.sum(ops.square(x), axis=spatial)
     import tensorflow as tf
 
@@ -102,6 +102,19 @@ def _sum_of_squares(x):
         return tf.square(tf.math.reduce_euclidean_norm(x, axis=spatial)), grad
 
     return sum_of_squares(x)
+
+
+def _in_xla_context():
+    """Whether TensorFlow is tracing for XLA (`jit_compile=True`, which `fit` uses on GPUs
+    by default, or a TPU), which has no kernel for `EuclideanNorm`. TensorFlow's own
+    test, a private function: should it move, the portable path is taken everywhere."""
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+    except Exception:  # noqa: BLE001 - any failure of the private API: be portable
+        return True
 
 
 def _group_norm(num_groups, epsilon, name, dtype):

@@ -291,6 +291,34 @@ def test_group_normalization_gradients_are_finite_on_constant_and_zero_slices():
     np.testing.assert_allclose(to_numpy(norm(x))[0], 0.0, atol=1e-6)
 
 
+@pytest.mark.tensorflow_only
+def test_group_normalization_compiles_with_xla_on_tensorflow():
+    # The one-pass sum of squares (EuclideanNorm) has no XLA kernel: under jit_compile
+    # (fit's default on GPUs, TPUs) the layer must take the portable path.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's XLA path")
+    import tensorflow as tf
+
+    x = tf.constant((RNG.normal(size=(2, 4, 4, 16)) * 2 + 1).astype("float32"))
+    norm = layers.GroupNormalization(4)
+    norm.build(x.shape)
+    randomize_weights(norm)
+
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(norm(x) ** 2)
+        return norm(x), tape.gradient(loss, x)
+
+    graph = tf.function(value_and_grad)(x)
+    xla = tf.function(value_and_grad, jit_compile=True)(x)
+    for a, b in zip(graph, xla):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-4)
+    w = _w(norm)
+    expected = group_norm(to_numpy(x).astype(np.float64), 4, w["gamma"], w["beta"])
+    np.testing.assert_allclose(to_numpy(xla[0]), expected, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_group_normalization_folds_film_modulation(axis):
     x = RNG.normal(size=(2, 16, 4, 16)).astype("float32")
