@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -89,6 +91,21 @@ def timed(fn, repeats, after=lambda: None):
         after()
         times.append(time.perf_counter() - start)
     return times
+
+
+def keras_matmul_seconds(precision, n, repeats):
+    """Wall seconds of `repeats` compiled n x n x n products with the Keras backend
+    (after a warm-up), each read back to the host: what the matmul peak is measured from."""
+    import keras
+
+    from keras_cdm._compile import compile_function
+
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((n, n)).astype("float32"), precision)
+    fn = compile_function(lambda m: keras.ops.matmul(m, m))
+    call = lambda: keras.ops.convert_to_numpy(fn(x)[:1, :1])  # noqa: E731
+    for _ in range(3):
+        call()
+    return timed(call, repeats)
 
 
 def peak_rss_mib():

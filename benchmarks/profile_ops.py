@@ -89,54 +89,25 @@ def profile(run, repeats):
 
 
 def flops(unet, batch):
-    """Convolution and attention-matmul FLOPs of one forward pass (2 per multiply-add)."""
+    """Convolution and attention-matmul FLOPs of one forward pass (2 per multiply-add), from
+    the input shape each layer was built with."""
     import keras
 
     conv = attention = 0
     for layer in unet._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Conv2D) and layer.built:
+        if isinstance(layer, keras.layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
-            out_h, out_w = layer._out_hw
+            _, out_h, out_w, _ = layer.compute_output_shape(layer._build_shapes_dict["input_shape"])
             conv += 2 * batch * out_h * out_w * kh * kw * cin * cout
-        if type(layer).__name__ == "AttentionBlock":
-            n, c = layer._positions, layer._channels
-            attention += 2 * batch * (4 * n * c * c + 2 * n * n * c)
+        elif type(layer).__name__ == "AttentionBlock":
+            _, h, w, c = layer._build_shapes_dict["input_shape"]
+            attention += 2 * batch * (4 * h * w * c * c + 2 * (h * w) ** 2 * c)
     return conv, attention
 
 
-def _record_conv_shapes(unet, inputs):
-    """Runs one eager forward pass with each Conv2D's output size recorded."""
-    import keras
-
-    originals = {}
-    for layer in unet._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Conv2D):
-            def call(x, layer=layer, original=layer.call):
-                y = original(x)
-                layer._out_hw = tuple(y.shape[1:3])
-                return y
-            originals[layer] = layer.call
-            layer.call = call
-        if type(layer).__name__ == "AttentionBlock":
-            def call(x, layer=layer, original=layer.call):
-                layer._positions, layer._channels = x.shape[1] * x.shape[2], x.shape[3]
-                return original(x)
-            originals[layer] = layer.call
-            layer.call = call
-    unet(inputs, training=False)
-    for layer, call in originals.items():
-        layer.call = call
-
-
 def matmul_peak(precision, n=2048, repeats=10):
-    import tensorflow as tf
-
-    a = tf.constant(np.random.default_rng(0).standard_normal((n, n)), dtype=precision)
-    fn = tf.function(lambda m: tf.matmul(m, m))
-    call = lambda: fn(a)[:1, :1].numpy()  # noqa: E731
-    for _ in range(3):
-        call()
-    return 2 * n**3 / min(peer.timed(call, repeats)) / 1e9  # a peak: the best of the repeats
+    """GFLOP/s of an n x n x n product: a peak, so the best of the repeats."""
+    return 2 * n**3 / min(peer.keras_matmul_seconds(precision, n, repeats)) / 1e9
 
 
 def table(title, ops, wall_ms, roofline_ms):
@@ -171,7 +142,6 @@ def run(precision, parts, batch, repeats):
     inputs = {"noisy_images": keras.ops.convert_to_tensor(images[:batch]),
               "timesteps": keras.ops.convert_to_tensor(rng.integers(0, 1000, batch).astype("int32")),
               "labels": keras.ops.convert_to_tensor(labels[:batch])}
-    _record_conv_shapes(unet, inputs)
     conv, attention = flops(unet, batch)
     peak = matmul_peak(precision)
     out = {"matmul peak GFLOP/s": peak, "forward GFLOP": (conv + attention) / 1e9,

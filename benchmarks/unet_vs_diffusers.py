@@ -52,10 +52,7 @@ def matmul_peak(device, n=None, repeats=10):
     if device.type == "cpu":
         out["numpy float32"] = flops / peer.median(peer.timed(lambda: a @ a, repeats)) / 1e9
     for precision in ("float32", "bfloat16"):
-        x = keras.ops.convert_to_tensor(a, precision)
-        fn = _compiled(lambda m: keras.ops.matmul(m, m))
-        np.asarray(keras.ops.convert_to_numpy(fn(x)))
-        t = peer.median(peer.timed(lambda: keras.ops.convert_to_numpy(fn(x)[:1, :1]), repeats))
+        t = peer.median(peer.keras_matmul_seconds(precision, n, repeats))
         out[f"{keras.backend.backend()} {precision}"] = flops / t / 1e9
         y = torch.from_numpy(a).to(device=device, dtype=getattr(torch, precision))
         (y @ y).sum().item()
