@@ -1,12 +1,37 @@
-"""Argument checks that raise Keras-style errors: argument, allowed values, received."""
+"""Argument checks that raise Keras-style errors: argument, allowed values, received.
+
+Every public entry point checks its inputs once, with these checkers; the code
+below an entry point trusts what it is handed.
+"""
 
 import numbers
 
+import numpy as np
+
+
+def is_int(value):
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     return int(value)
+
+
+def check_int(name, value, low, high=None):
+    """An integer in [low, high] (no upper bound when `high` is None)."""
+    if not is_int(value) or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
 
 
 def check_range(name, value, low, high, high_inclusive=True):
@@ -30,11 +55,29 @@ def check_int_tuple(name, value, allow_empty=False):
         items = tuple(value)
     except TypeError:
         items = None
-    if items is None or (not items and not allow_empty) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
-    ):
+    if items is None or (not items and not allow_empty) or not all(is_int(v) and v > 0 for v in items):
         raise ValueError(
             f"`{name}` must be a {'' if allow_empty else 'non-empty '}sequence of positive "
             f"integers. Received: {name}={value!r}"
         )
-    return items
+    return tuple(int(v) for v in items)
+
+
+def check_labels(labels, num_classes, name="labels"):
+    """A non-empty 1-D int32 array of class labels in [0, num_classes)."""
+    labels = np.asarray(labels).reshape(-1)
+    if not labels.size or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
+            or labels.max() >= num_classes:
+        bad = labels[(labels < 0) | (labels >= num_classes)] if np.issubdtype(labels.dtype, np.number) else labels
+        raise ValueError(f"`{name}` must be a non-empty list of integers in [0, {num_classes}). "
+                         f"Received: {name} outside it: {bad[:10].tolist()}")
+    return labels.astype("int32")
+
+
+def check_image_shape(name, shape, size, channels, batch=None):
+    """`shape` is (batch, size, size, channels) (any batch when `batch` is None)."""
+    shape = tuple(shape)
+    if len(shape) != 4 or shape[1:] != (size, size, channels) or (batch is not None and shape[0] != batch):
+        expected = f"({'batch' if batch is None else batch}, {size}, {size}, {channels})"
+        raise ValueError(f"`{name}` must have shape {expected}. Received: {name}.shape={shape}")
+    return shape

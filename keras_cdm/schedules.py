@@ -10,6 +10,9 @@ import numpy as np
 from keras_cdm._validation import check_choice, check_positive_int
 
 SCHEDULES = ("linear", "cosine")
+CONDITIONINGS = ("timestep", "noise_level")
+"""What a network is conditioned on for step t: the step index itself, or the
+continuous noise level sqrt(alpha_bar_t) (section 4.4)."""
 
 
 def get_beta_schedule(name, num_timesteps, beta_start=None, beta_end=None):

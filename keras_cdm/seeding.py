@@ -1,0 +1,99 @@
+"""Seeding: every random draw of sampling is a pure function of a seed and a counter.
+
+Training draws come from `keras.random.SeedGenerator`s inside `call` (see
+`DiffusionModel`); sampling draws come from here, so that the images of a seed are
+the same whatever the batch size, the chunking of a long chain, or the backend's
+compilation:
+
+- A request `seed` (an integer in [0, 2**31)) gives example i of cascade stage k
+  its own seed, `example_seeds(seed, [i], stream=k)` (`DiffusionModel.generate`
+  alone uses stream 0).
+- Each example's draws are `stateless_normal(shape, seeds, counter)` with one
+  counter per use (`INITIAL_NOISE_COUNTER` for x_T, `step_counter(t)` for the noise of
+  reverse step t, `AUGMENTATION_NOISE_COUNTER` for the non-truncated conditioning
+  augmentation of an upsampler), so no two uses share a stream.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+SEED_LIMIT = 2**31
+INITIAL_NOISE_COUNTER = 0
+AUGMENTATION_NOISE_COUNTER = 2**31 - 1  # apart from every step counter t + 1
+
+
+def step_counter(t):
+    """The noise counter of reverse step `t` (a scalar tensor or int)."""
+    return ops.cast(t, "int32") + 1
+
+
+def check_seed(seed):
+    """A request seed: None draws a fresh one; else an integer in [0, 2**31)."""
+    if seed is None:
+        return int(np.random.randint(0, SEED_LIMIT - 1))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
+    return int(seed)
+
+
+def per_example_seeds(seed, batch):
+    """`seed` (None, an integer, or one seed per example) as `batch` per-example seeds."""
+    if seed is None:
+        seed = check_seed(None)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT:
+        return example_seeds(seed, range(batch))
+    seeds = np.asarray(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
+    if (seeds is None or seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer)
+            or seeds.min() < 0 or seeds.max() >= SEED_LIMIT):
+        raise ValueError(
+            f"`seed` must be None, an integer in [0, 2**31), or {batch} such integers (one per image). "
+            f"Received: seed={seed!r}"
+        )
+    return seeds.astype("int32")
+
+
+def example_seeds(seed, indices, stream=0):
+    """One seed per example: a pure function of (`seed`, `stream`, example index).
+
+    A cascade draws stage k of example i from `example_seeds(seed, [i], k)`,
+    so results do not depend on how a request is split into batches.
+    """
+    return np.asarray(
+        [np.random.SeedSequence([int(seed), int(stream), int(i)]).generate_state(1)[0] >> 1 for i in indices],
+        dtype=np.int32,
+    )
+
+
+_SEED_SLOT = []
+
+
+def stateless_normal(shape, seed, counter):
+    """N(0, 1) draws that are a pure function of `(seed, counter)`.
+
+    `seed` is a scalar (one stream for the whole tensor) or a vector of one
+    seed per example (`shape[0]` of them): example i then gets the draw of
+    `(seed[i], counter)` whatever the batch it is in, so a batch of 4 gives the
+    same samples as four batches of 1. Works inside compiled loops on every
+    backend: a Keras `SeedGenerator` is used only as a slot whose state is
+    mapped to `[seed, counter]` in a `keras.StatelessScope`.
+    """
+    if len(getattr(seed, "shape", ())) == 1:
+        example_shape = tuple(shape[1:])
+        # JAX vectorizes the draws; TensorFlow's vectorizer has no rule for stateless
+        # random ops and would warn and loop anyway, so loop explicitly there.
+        per_example = ops.vectorized_map if keras.backend.backend() == "jax" else ops.map
+        return per_example(lambda s: _stateless_normal(example_shape, s, counter), seed)
+    return _stateless_normal(shape, seed, counter)
+
+
+def _stateless_normal(shape, seed, counter):
+    if not _SEED_SLOT:
+        _SEED_SLOT.append(keras.random.SeedGenerator(0, name="keras_cdm_seed_slot"))
+    slot = _SEED_SLOT[0]
+    dtype = slot.state.dtype
+    state = ops.stack([ops.cast(seed, dtype), ops.cast(counter, dtype)])
+    with keras.StatelessScope(state_mapping=[(slot.state, state)]):
+        return keras.random.normal(shape, seed=slot)
