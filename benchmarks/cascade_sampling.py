@@ -5,21 +5,19 @@ Run from the repository root, on either backend:
     KERAS_BACKEND=tensorflow python benchmarks/cascade_sampling.py [--images 16] [--batch 16]
     KERAS_BACKEND=jax python benchmarks/cascade_sampling.py
 Prints a table and the speed-up of batching over one-image calls (the same images, by the
-per-example seeds), and writes benchmarks/results/cascade_sampling_<backend>.json.
+per-example seeds), and writes docs/performance/cascade_sampling_<backend>.json.
 """
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import keras
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from keras_cdm.testing import tiny_cascade
 
-from tests.testing import tiny_cascade  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(pipeline, labels, batch):
@@ -35,8 +33,7 @@ def main():
     args = parser.parse_args()
     pipeline = tiny_cascade()
     labels = [i % 3 for i in range(args.images)]
-    steps = [stage.inference_diffusion(s["num_steps"], s["noise_schedule"]).num_timesteps
-             for stage, s in zip(pipeline.stages, pipeline.sampling)]
+    steps = [plan.num_network_evaluations for plan in pipeline.plans]
     first = run(pipeline, labels, args.batch)
     steady = run(pipeline, labels, args.batch)
     run(pipeline, labels, 1)  # compile the batch-1 functions
@@ -49,8 +46,8 @@ def main():
         print(f"{name:8s} {n:5d} {first[1][name]:10.2f}s {steady[1][name]:7.2f}s {single[1][name]:7.2f}s "
               f"{single[1][name] / steady[1][name]:8.1f}x")
     print(f"{'total':8s} {'':5s} {first[0]:10.2f}s {steady[0]:7.2f}s {single[0]:7.2f}s {single[0] / steady[0]:8.1f}x")
-    out = ROOT / "benchmarks" / "results" / f"cascade_sampling_{keras.backend.backend()}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = ROOT / "docs" / "performance" / f"cascade_sampling_{keras.backend.backend()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"images": args.images, "batch": args.batch, "stages": rows,
                                "total": {"first_s": first[0], "steady_s": steady[0], "batch1_s": single[0]}}, indent=2))
 

@@ -7,16 +7,11 @@ hybrid loss terms) from the float64 reference, over random inputs and all steps.
 """
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from keras_cdm import GaussianDiffusion  # noqa: E402
-from tests.diffusion_test import REFERENCE_BETAS, Reference  # noqa: E402
-from tests.testing import to_numpy  # noqa: E402
+from keras_cdm import GaussianDiffusion
+from keras_cdm.testing import REFERENCE_BETAS, Reference, to_numpy
 
 
 def rel(a, b):

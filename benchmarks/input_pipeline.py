@@ -7,12 +7,11 @@ Writes `--images` random 64x64 JPEGs to a temporary folder (two classes) and tim
 and with `cache`, over whole epochs after a warm-up epoch. The training side is the
 32x32 stage of benchmarks/training_throughput.py (its `measure`: median step time after
 a warm-up epoch), fed from memory, float32. Prints both and their ratio; results go to
-benchmarks/results/input_pipeline.json. About 2 minutes on 2 CPU cores.
+docs/performance/input_pipeline.json. About 2 minutes on 2 CPU cores.
 """
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +20,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from keras_cdm import data  # noqa: E402
-from training_throughput import measure as training_throughput  # noqa: E402
+from keras_cdm import data
+from training_throughput import measure as training_throughput  # a sibling: run as a script, benchmarks/ is on sys.path
 
 
 def write_jpegs(folder, count, size=64):
@@ -78,8 +74,8 @@ def main():
         ratio = results[f"pipeline (cache={cache})"]["images/s"] / train
         results[f"pipeline (cache={cache}) / training"] = ratio
         print(f"pipeline (cache={cache}) / training step throughput: {ratio:.1f}x")
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
+    out = Path(__file__).resolve().parent.parent / "docs" / "performance"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "input_pipeline.json").write_text(json.dumps(results, indent=2))
 
 

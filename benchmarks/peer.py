@@ -13,16 +13,13 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = ROOT / "docs" / "performance"
 
 MATCHED = dict(image_size=32, base_channels=64, channel_multipliers=(1, 2, 2, 2), num_res_blocks=2,
                attention_resolutions=(16,), num_heads=4, dropout=0.1, num_classes=10)
@@ -159,7 +156,7 @@ def _cpu_name():
 
 
 def write_results(name, results):
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {path.relative_to(ROOT)}")

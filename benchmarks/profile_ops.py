@@ -11,7 +11,7 @@ norm / activations / other element-wise, random numbers for dropout, optimizer),
 sets them against a roofline: the time the convolution and attention FLOPs would take
 at the matrix-multiply peak measured in the same run. Op times are summed over the
 executor's threads (ops that overlap both count), so read the shares. Prints tables and
-writes benchmarks/results/profile_ops_tensorflow_cpu.json.
+writes docs/performance/profile_ops_tensorflow_cpu.json.
 """
 
 import argparse

@@ -4,22 +4,19 @@ Run from the repository root, on either backend:
     KERAS_BACKEND=tensorflow python benchmarks/sampler_loop.py [--steps 50] [--batch 8]
     KERAS_BACKEND=jax python benchmarks/sampler_loop.py
 Prints seconds per run and the speed-up of the compiled loop over each peer,
-measured in the same process, and writes benchmarks/results/sampler_loop_<backend>.json.
+measured in the same process, and writes docs/performance/sampler_loop_<backend>.json.
 """
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from keras_cdm import DiffusionUNet, GaussianDiffusion  # noqa: E402
-from keras_cdm._compile import compile_function  # noqa: E402
+from keras_cdm import DiffusionUNet, GaussianDiffusion
+from keras_cdm._compile import compile_function
 
 
 def timed(fn, repeats):
@@ -74,8 +71,8 @@ def main():
         results[f"speed-up vs {key[:-4]}"] = results[key] / base
     for key, value in results.items():
         print(f"{key:45s} {value:.3f}" if isinstance(value, float) else f"{key:45s} {value}")
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
+    out = Path(__file__).resolve().parent.parent / "docs" / "performance"
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"sampler_loop_{results['backend']}.json").write_text(json.dumps(results, indent=2))
 
 

@@ -15,7 +15,7 @@ Options: --steps 100, --batch 16, --repeats 3, --precisions float32 bfloat16, --
   same widths, depths and attention per stage (random weights, same number of steps per
   stage, low-resolution input resized bicubically and concatenated as ours does).
 Prints tables and ratios (diffusers seconds / ours; > 1 means we are faster) and writes
-benchmarks/results/sampling_vs_diffusers_<backend>_<device>.json.
+docs/performance/sampling_vs_diffusers_<backend>_<device>.json.
 """
 
 import argparse
@@ -123,8 +123,7 @@ def cascade_part(args, device):
     from keras_cdm import CascadedDiffusionPipeline
 
     pipeline = CascadedDiffusionPipeline.from_preset("cdm_mnist32")
-    steps = [stage.inference_diffusion(s["num_steps"], s["noise_schedule"]).num_timesteps
-             for stage, s in zip(pipeline.stages, pipeline.sampling)]
+    steps = [plan.num_network_evaluations for plan in pipeline.plans]
     labels = np.arange(args.batch) % 10
 
     def ours():

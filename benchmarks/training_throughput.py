@@ -6,21 +6,18 @@ The U-Net is the matched 32x32 architecture of the performance issue (64 channel
 multipliers 1,2,2,2, 2 blocks, attention at 16, dropout 0.1, ~9.6 M parameters).
 Both policies are measured in the same run (median step time over `repeats` epochs after a
 warm-up epoch; per-`fit` start/stop costs are excluded),
-and the ratio is printed; results go to benchmarks/results/training_throughput_<backend>.json.
+and the ratio is printed; results go to docs/performance/training_throughput_<backend>.json.
 """
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from keras_cdm import DiffusionModel, DiffusionUNet, GaussianDiffusion  # noqa: E402
+from keras_cdm import DiffusionModel, DiffusionUNet, GaussianDiffusion
 
 
 def measure(policy, batch, steps, repeats):
@@ -71,8 +68,8 @@ def main():
     ratio = results["mixed_bfloat16"]["images/s"] / results["float32"]["images/s"]
     results["mixed_bfloat16 / float32"] = ratio
     print(f"mixed_bfloat16 / float32 throughput: {ratio:.2f}x")
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
+    out = Path(__file__).resolve().parent.parent / "docs" / "performance"
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"training_throughput_{results['backend']}.json").write_text(json.dumps(results, indent=2))
 
 

@@ -19,7 +19,7 @@ Measures, for each precision (`mixed_bfloat16` policy on our side, `torch.autoca
   measured in the same run (numpy / TensorFlow or JAX / PyTorch, float32 and bfloat16);
 - peak resident memory of a training run, each library alone in a fresh subprocess.
 Prints tables and ratios (ours / diffusers; > 1 means we are faster) and writes
-benchmarks/results/unet_vs_diffusers_<backend>_<device>.json.
+docs/performance/unet_vs_diffusers_<backend>_<device>.json.
 """
 
 import argparse

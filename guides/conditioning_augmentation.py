@@ -52,6 +52,7 @@ import numpy as np
 from keras_cdm import CascadedDiffusionPipeline, save_image_grid
 from keras_cdm.data import mnist_subset, resize_images
 from keras_cdm.evaluation import ClassifierFeatures, compute_statistics
+from keras_cdm.images import from_uint8
 from keras_cdm.search import sample_quality, search_augmentation_level, stage_diagnostics
 
 NUM_SAMPLES = 20 if FAST else 100  # images per measurement (balanced over the 10 digits)
@@ -109,7 +110,7 @@ row per level, from s = 0 (clean) down.
 real, real_labels = mnist_subset("heldout")  # uint8 (500, 32, 32, 1)
 pick = np.concatenate([np.flatnonzero(real_labels == digit)[: NUM_SAMPLES // 10] for digit in range(10)])
 pick = pick.reshape(10, -1).T.reshape(-1)  # digits 0..9, then 0..9 again, ...
-real16 = np.asarray(resize_images(real[pick].astype("float32") / 127.5 - 1.0, 16))  # sr16's training size
+real16 = np.asarray(resize_images(from_uint8(real[pick]), 16))  # sr16's training size
 labels = real_labels[pick]
 low8 = keras.ops.convert_to_numpy(sr16.downsample(real16))  # floats in [-1, 1], (NUM_SAMPLES, 8, 8, 1)
 
@@ -147,7 +148,7 @@ take.
 """
 
 train, train_labels = mnist_subset("train")
-train16 = np.asarray(resize_images(train.astype("float32") / 127.5 - 1.0, 16))
+train16 = np.asarray(resize_images(from_uint8(train), 16))
 
 keras.utils.set_random_seed(0)
 layers = keras.layers
@@ -159,7 +160,7 @@ classifier = keras.Model(inputs, layers.Dense(10)(layers.Dropout(0.3)(features))
 classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    metrics=["accuracy"])
 classifier.fit(train16, train_labels, batch_size=64, epochs=1 if FAST else 10, verbose=0)
-heldout16 = np.asarray(resize_images(real.astype("float32") / 127.5 - 1.0, 16))
+heldout16 = np.asarray(resize_images(from_uint8(real), 16))
 print("classifier accuracy on the held-out digits:",
       round(classifier.evaluate(heldout16, real_labels, verbose=0)[1], 3))
 

@@ -54,6 +54,7 @@ import numpy as np
 
 from keras_cdm import CascadedDiffusionPipeline, save_image_grid
 from keras_cdm import data, evaluation, search
+from keras_cdm.images import from_uint8
 
 keras.utils.set_random_seed(0)
 NUM_SAMPLES = 20 if FAST else 500  # the paper uses 50,000; see "How many samples" below
@@ -150,7 +151,7 @@ or floats in [-1, 1]) it returns `{"features": ..., "logits": ...}`. Here the cl
 classifier = evaluation.default_cas_classifier((32, 32, 1), 10, width=8 if FAST else 16)
 classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    metrics=["accuracy"])
-classifier.fit(train_images.astype("float32") / 127.5 - 1, train_labels, batch_size=64,
+classifier.fit(from_uint8(train_images), train_labels, batch_size=64,
                epochs=1 if FAST else 5, verbose=2)
 extractor = evaluation.ClassifierFeatures(classifier)
 outputs = extractor(heldout_images)
@@ -248,7 +249,7 @@ functions take: uint8 images in, a dict of scores (`fid`, and `is` when asked) o
 num_diagnostic = NUM_SAMPLES if FAST else 100  # fast: same batch shape, no new tracing
 evaluate32 = search.sample_quality(extractor, reference=train_stats, inception_score=False, batch_size=250)
 pick = balanced(heldout_labels, num_diagnostic // 10)
-real16 = np.asarray(data.resize_images(heldout_images[pick].astype("float32") / 127.5 - 1, 16))
+real16 = np.asarray(data.resize_images(from_uint8(heldout_images[pick]), 16))
 diagnostics = search.stage_diagnostics(pipeline, "sr32", evaluate32, heldout_labels[pick], real16, seed=0,
                                        batch_size=250)
 print(f"sr32 output FID, conditioned on generated 16x16 samples: {diagnostics['generated']['fid']:.2f}")

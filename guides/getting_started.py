@@ -178,18 +178,19 @@ with the label), and the cascade's 16x16 and 32x32 outputs.
 """
 
 from keras_cdm.data import mnist_subset, resize_images
+from keras_cdm.images import from_uint8, to_uint8  # [0, 255] <-> [-1, 1], the one mapping
 
 real, real_labels = mnist_subset("heldout")  # uint8 (500, 32, 32, 1), never trained on
 pick = np.array([np.flatnonzero(real_labels == digit)[0] for digit in range(10)])
 real, real_labels = real[pick], real_labels[pick]
 
 sr16 = pipeline.stages[pipeline.stage_index("sr16")]
-real16 = resize_images(real.astype("float32") / 127.5 - 1.0, 16)  # as the training data of sr16
+real16 = resize_images(from_uint8(real), 16)  # as the training data of sr16
 low8 = keras.ops.convert_to_numpy(sr16.downsample(real16))  # floats in [-1, 1], (10, 8, 8, 1)
 
 images, stages = pipeline.generate(labels=real_labels, seed=0, batch_size=BATCH, start_stage="sr16",
                                    low_res_images=low8, return_intermediates=True, verbose=False)
-low8_uint8 = np.round((low8 + 1.0) * 127.5).clip(0, 255).astype("uint8")
+low8_uint8 = to_uint8(low8)
 rows = np.concatenate([real, enlarge(low8_uint8, 32), enlarge(stages["sr16"], 32), images])
 save_image_grid(rows, "getting_started_super_resolution.png", columns=10, scale=2)
 

@@ -253,10 +253,11 @@ if HUB:
           f"{sr16.unet.count_params():,} parameters")
 
     from keras_cdm.data import mnist_subset, resize_images
+    from keras_cdm.images import from_uint8
 
     digits, digit_labels = mnist_subset("heldout")
     digits, digit_labels = digits[::50][:6], digit_labels[::50][:6]  # held-out digits 0 to 5
-    low = np.asarray(sr16.downsample(resize_images(digits.astype("float32") / 127.5 - 1.0, 16)))
+    low = np.asarray(sr16.downsample(resize_images(from_uint8(digits), 16)))
     upsampled = sr16.generate(labels=digit_labels, seed=0, low_res_images=low, num_steps=10 if FAST else 50)
     save_image_grid(np.concatenate([np.repeat(np.repeat(low, 2, axis=1), 2, axis=2), upsampled]),
                     "sharing_on_the_hub_one_stage.png", columns=6)

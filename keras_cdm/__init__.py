@@ -1,7 +1,5 @@
 """keras_cdm: Cascaded Diffusion Models (Ho et al. 2021) for Keras 3."""
 
-__version__ = "0.1.0"
-
 from keras_cdm.layers import (
     AttentionBlock,
     ClassEmbedding,
@@ -11,10 +9,12 @@ from keras_cdm.layers import (
     TimestepEmbedding,
     Upsample,
 )
-from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
+from keras_cdm.version import __version__
+from keras_cdm.conditioning import BlurConditioningAugmentation, ConditioningAugmentation, GaussianConditioningAugmentation
 from keras_cdm.diffusion import GaussianDiffusion
 from keras_cdm.diffusion_model import DiffusionModel
 from keras_cdm.pipeline import CascadedDiffusionPipeline
+from keras_cdm.sampling import SamplingPlan
 from keras_cdm.presets import list_presets, unet_from_preset, upload_preset
 from keras_cdm.visualization import image_grid, save_image_grid
 from keras_cdm.unet import DiffusionUNet
@@ -24,6 +24,7 @@ __all__ = [
     "BlurConditioningAugmentation",
     "CascadedDiffusionPipeline",
     "ClassEmbedding",
+    "ConditioningAugmentation",
     "DiffusionModel",
     "DiffusionUNet",
     "Downsample",
@@ -31,6 +32,7 @@ __all__ = [
     "GaussianDiffusion",
     "GroupNormalization",
     "ResidualBlock",
+    "SamplingPlan",
     "TimestepEmbedding",
     "Upsample",
     "__version__",

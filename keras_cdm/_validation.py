@@ -43,6 +43,13 @@ def check_range(name, value, low, high, high_inclusive=True):
     return float(value)
 
 
+def check_non_negative(name, value):
+    """A real number >= 0 (not a bool)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={value!r}")
+    return float(value)
+
+
 def check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {list(allowed)}. Received: {name}={value!r}")
@@ -74,10 +81,10 @@ def check_labels(labels, num_classes, name="labels"):
     return labels.astype("int32")
 
 
-def check_image_shape(name, shape, size, channels, batch=None):
+def check_image_shape(name, shape, size, channels, batch=None, where=" for this stage"):
     """`shape` is (batch, size, size, channels) (any batch when `batch` is None)."""
     shape = tuple(shape)
     if len(shape) != 4 or shape[1:] != (size, size, channels) or (batch is not None and shape[0] != batch):
         expected = f"({'batch' if batch is None else batch}, {size}, {size}, {channels})"
-        raise ValueError(f"`{name}` must have shape {expected}. Received: {name}.shape={shape}")
+        raise ValueError(f"`{name}` must have shape {expected}{where}. Received: {name}.shape={shape}")
     return shape

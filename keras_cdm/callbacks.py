@@ -14,7 +14,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_cdm.pipeline import from_uint8, to_uint8
+from keras_cdm._validation import check_positive_int, is_int
+from keras_cdm.images import from_uint8, to_uint8
 from keras_cdm.visualization import save_image_grid
 
 __all__ = ["SampleGrid"]
@@ -59,30 +60,27 @@ class SampleGrid(keras.callbacks.Callback):
         self.path = str(path)
         if Path(self.path.replace("{", "").replace("}", "")).suffix.lower() != ".png":
             raise ValueError(f"`path` must end in .png. Received: path={self.path!r}")
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"`every` must be a positive integer. Received: every={every!r}")
+        every = check_positive_int("every", every)
         self.labels = None if labels is None else np.asarray(list(labels) if isinstance(labels, range) else labels)
         if self.labels is not None:
             self.labels = self.labels.reshape(-1)
             count = len(self.labels)
-        elif isinstance(num_images, (int, np.integer)) and not isinstance(num_images, bool) and num_images > 0:
+        elif is_int(num_images) and num_images > 0:
             count = int(num_images)
         else:
             raise ValueError("Pass `labels` (class-conditional stage) or a positive `num_images`. "
                              f"Received: labels=None, num_images={num_images!r}")
         self.num_images = count
-        self.low_res_images = None if low_res_images is None else from_uint8(low_res_images)
+        self.low_res_images = None if low_res_images is None else from_uint8(low_res_images, name="low_res_images")
         if self.low_res_images is not None and len(self.low_res_images) != count:
             raise ValueError(f"`low_res_images` must hold one image per sample ({count}). "
                              f"Received: {len(self.low_res_images)}")
         self.show_low_res = bool(show_low_res) and self.low_res_images is not None
-        if columns is not None and (isinstance(columns, bool) or not isinstance(columns, (int, np.integer))
-                                    or columns < 1):
-            raise ValueError(f"`columns` must be a positive integer. Received: columns={columns!r}")
+        columns = None if columns is None else check_positive_int("columns", columns)
         if self.show_low_res and columns is not None and count % columns:
             raise ValueError(f"With `show_low_res`, `columns` must divide the number of images ({count}). "
                              f"Received: columns={columns}")
-        self.every, self.seed, self.columns = int(every), seed, columns
+        self.every, self.seed, self.columns = every, seed, columns
         self.class_names, self.verbose = class_names, verbose
         self.generate_kwargs = generate_kwargs
         self.paths = []

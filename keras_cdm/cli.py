@@ -8,18 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-import keras_cdm
+from keras_cdm import presets
+from keras_cdm.pipeline import CascadedDiffusionPipeline
+from keras_cdm.version import __version__
+from keras_cdm.visualization import save_image_grid
 
 
 def _cmd_presets(args):
-    for name, description in keras_cdm.list_presets().items():
+    for name, description in presets.list_presets().items():
         print(f"{name:28s} {description}")
 
 
 def _cmd_architecture(args):
-    from keras_cdm import presets
-    from keras_cdm.pipeline import CascadedDiffusionPipeline
-
     start = time.perf_counter()
     if presets.preset_kind(presets.builtin_preset_path(args.preset)) == "cascade":
         if args.dtype:
@@ -27,7 +27,7 @@ def _cmd_architecture(args):
         stages = CascadedDiffusionPipeline.from_preset(args.preset, load_weights=False).stages
         units = [(stage.name, stage.unet) for stage in stages]
     else:
-        units = [(args.preset, keras_cdm.unet_from_preset(args.preset, **({"dtype": args.dtype} if args.dtype else {})))]
+        units = [(args.preset, presets.unet_from_preset(args.preset, **({"dtype": args.dtype} if args.dtype else {})))]
     seconds = time.perf_counter() - start
     for name, unet in units:
         if not args.no_summary:
@@ -40,8 +40,6 @@ def _cmd_architecture(args):
 
 
 def _cmd_sample(args):
-    from keras_cdm.visualization import save_image_grid
-
     if args.per_class is not None and (args.per_class < 1 or args.labels or args.num_images):
         raise ValueError("--per-class takes a positive integer and replaces --labels and --num-images. "
                          f"Received: --per-class {args.per_class}, --labels {args.labels}, "
@@ -75,8 +73,6 @@ def _apply_steps(pipeline, steps):
 
 def _load_pipeline(preset, revision):
     import warnings
-
-    from keras_cdm.pipeline import CascadedDiffusionPipeline
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -161,7 +157,7 @@ def _cmd_evaluate(args):
 
 
 def _cmd_upload(args):
-    url = keras_cdm.upload_preset(args.handle, args.folder, private=args.private or None,
+    url = presets.upload_preset(args.handle, args.folder, private=args.private or None,
                                   commit_message=args.message)
     print(f"uploaded {args.folder} to {args.handle}: {url}")
 
@@ -171,7 +167,7 @@ def build_parser():
         prog="keras-cdm",
         description="Cascaded Diffusion Models for Keras 3 (Ho et al. 2021).",
     )
-    parser.add_argument("--version", action="version", version=f"keras-cdm {keras_cdm.__version__}")
+    parser.add_argument("--version", action="version", version=f"keras-cdm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     presets = commands.add_parser("presets", help="list the built-in presets")

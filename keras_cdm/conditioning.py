@@ -7,6 +7,13 @@
 - `BlurConditioningAugmentation` (3.1): a k x k Gaussian blur with sigma drawn
   per example, applied to a fraction of the examples, in training only.
 
+Both layers answer one interface, so no caller asks which kind it has:
+`training_inputs(images, training)` and `sampling_inputs(images, level, seeds,
+truncated)` return the U-Net's conditioning inputs (`low_res_images`, and
+`augmentation_levels` for the Gaussian kind); `max_sampling_level`,
+`supports_truncation`, `forward_process` and `level_input` say which sampling
+settings and U-Net inputs apply.
+
 Augmentation level s follows the paper: s = 0 leaves z_0 clean, s >= 1 is the
 forward process after s steps (index s - 1 of `GaussianDiffusion`), so
 "s = 1001" in Table 3 is `level=1001`.
@@ -17,12 +24,43 @@ from keras import ops
 
 from keras_cdm._validation import check_positive_int, check_range
 from keras_cdm.diffusion import GaussianDiffusion
+from keras_cdm.seeding import AUGMENTATION_NOISE_COUNTER, stateless_normal
 
 register = keras.saving.register_keras_serializable(package="keras_cdm")
 
 
+class ConditioningAugmentation(keras.layers.Layer):
+    """What a `DiffusionModel` asks of its conditioning augmentation (both kinds).
+
+    Attributes:
+        max_sampling_level: the largest augmentation level s a sampler may ask
+            for (0: the layer has no level).
+        supports_truncation: whether the previous stage may hand over its
+            sample stopped at z_s (truncated augmentation, section 3.3).
+        forward_process: the `GaussianDiffusion` that makes z_s (None when
+            there is none).
+        level_input: whether the U-Net sees the level (its
+            `augmentation_level_embedding` input).
+    """
+
+    max_sampling_level = 0
+    supports_truncation = False
+    forward_process = None
+    level_input = False
+
+    def training_inputs(self, images, training=None):
+        """The U-Net's conditioning inputs for clean low-resolution `images` in `fit`."""
+        raise NotImplementedError
+
+    def sampling_inputs(self, images, level, seeds, truncated=False):
+        """The U-Net's conditioning inputs at sampling time: `images` augmented at
+        level `level` with per-example `seeds` (see `keras_cdm.seeding`); with
+        `truncated`, `images` already are z_s."""
+        raise NotImplementedError
+
+
 @register
-class GaussianConditioningAugmentation(keras.layers.Layer):
+class GaussianConditioningAugmentation(ConditioningAugmentation):
     """Gaussian (forward-process) noise on the low-resolution conditioning.
 
     Call arguments:
@@ -61,6 +99,17 @@ class GaussianConditioningAugmentation(keras.layers.Layer):
         self.diffusion = GaussianDiffusion(self.num_timesteps, schedule)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    supports_truncation = True
+    level_input = True
+
+    @property
+    def max_sampling_level(self):
+        return self.num_timesteps
+
+    @property
+    def forward_process(self):
+        return self.diffusion
+
     def augment(self, images, levels, noise):
         """z_s from z_0 for per-example levels s (z_0 itself where s = 0)."""
         images = ops.cast(images, "float32")
@@ -80,6 +129,18 @@ class GaussianConditioningAugmentation(keras.layers.Layer):
         noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         return self.augment(images, levels, noise), ops.cast(levels, "float32")
 
+    def training_inputs(self, images, training=None):
+        z_s, levels = self(images, training=training)
+        return {"low_res_images": z_s, "augmentation_levels": levels}
+
+    def sampling_inputs(self, images, level, seeds, truncated=False):
+        images = ops.convert_to_tensor(images, "float32")
+        levels = ops.full((images.shape[0],), level, "int32")
+        if not truncated:
+            noise = stateless_normal(images.shape, ops.convert_to_tensor(seeds, "int32"), AUGMENTATION_NOISE_COUNTER)
+            images = self.augment(images, levels, noise)
+        return {"low_res_images": images, "augmentation_levels": ops.cast(levels, "float32")}
+
     def compute_output_spec(self, images, levels=None, training=None):
         return (
             keras.KerasTensor(images.shape, "float32"),
@@ -94,7 +155,7 @@ class GaussianConditioningAugmentation(keras.layers.Layer):
 
 
 @register
-class BlurConditioningAugmentation(keras.layers.Layer):
+class BlurConditioningAugmentation(ConditioningAugmentation):
     """Random Gaussian blur of the low-resolution conditioning (section 3.1).
 
     During training each example is blurred with probability `probability`
@@ -155,6 +216,12 @@ class BlurConditioningAugmentation(keras.layers.Layer):
         chosen = keras.random.uniform((batch,), seed=self.seed_generator) < self.probability
         blurred = ops.cast(self.blur(images, sigmas), images.dtype)
         return ops.where(ops.reshape(chosen, (-1, 1, 1, 1)), blurred, images)
+
+    def training_inputs(self, images, training=None):
+        return {"low_res_images": self(images, training=training)}
+
+    def sampling_inputs(self, images, level, seeds, truncated=False):
+        return {"low_res_images": ops.convert_to_tensor(images, "float32")}
 
     def compute_output_shape(self, input_shape):
         return input_shape

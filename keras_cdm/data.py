@@ -5,8 +5,9 @@ Every pipeline yields batches ready for `DiffusionModel.fit`:
 `"labels"` for unlabelled data). Images are centre-cropped to a square and
 resized anti-aliased by one function, `resize_images`, which is also the
 low-resolution map of `low_res_pairs` (the same ops as
-`DiffusionModel.downsample`). This is the only module of the library that
-imports TensorFlow.
+`DiffusionModel.downsample`). TensorFlow and tensorflow_datasets are
+imported here at module level; elsewhere TensorFlow is imported only inside the
+functions that need it on the TensorFlow backend.
 
 Arguments shared by `from_arrays`, `from_image_folder` and `from_tfds`:
     batch_size: examples per batch.
@@ -24,7 +25,6 @@ Arguments shared by `from_arrays`, `from_image_folder` and `from_tfds`:
         anti-aliased resize to `image_size`.
 """
 
-import numbers
 import os
 import re
 import warnings
@@ -33,8 +33,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_cdm._validation import check_choice, check_positive_int
-from keras_cdm.unet import INTERPOLATIONS
+from keras_cdm._validation import check_bool, check_choice, check_positive_int, is_int
+from keras_cdm.images import INTERPOLATIONS, uint8_to_unit
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 _STREAM_SHUFFLE_BUFFER = 10_000
@@ -93,13 +93,11 @@ def low_res_pairs(dataset, low_res_size, interpolation="bicubic"):
 def _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation):
     """The shared arguments, checked."""
     flags = dict(shuffle=shuffle, random_flip=random_flip, cache=cache, drop_remainder=drop_remainder)
-    for name, value in flags.items():
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+    if seed is not None and not is_int(seed):
         raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
     check_choice("interpolation", interpolation, INTERPOLATIONS)
-    return {**{name: bool(value) for name, value in flags.items()}, "seed": None if seed is None else int(seed),
+    return {**{name: check_bool(name, value) for name, value in flags.items()},
+            "seed": None if seed is None else int(seed),
             "batch_size": check_positive_int("batch_size", batch_size)}
 
 
@@ -148,7 +146,7 @@ def _random_flips(batches, seed):
 
 def _unit_range(images):
     """uint8 [0, 255] (or float [0, 255]) -> float32 [-1, 1]; 0 -> -1 and 255 -> 1 exactly."""
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
+    return uint8_to_unit(tf.cast(images, tf.float32))
 
 
 # -- in-memory arrays ----------------------------------------------------------------

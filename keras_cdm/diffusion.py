@@ -15,12 +15,12 @@ from keras import ops
 
 from keras_cdm import losses
 from keras_cdm import schedules as sched
-from keras_cdm._validation import check_choice, check_positive_int
+from keras_cdm._validation import check_choice, check_positive_int, is_int
+from keras_cdm.seeding import INITIAL_NOISE_COUNTER, stateless_normal, step_counter
 
 PREDICTIONS = ("epsilon", "x_start")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 LOSSES = ("mse", "hybrid")
-CONDITIONINGS = ("timestep", "noise_level")
 SAMPLERS = ("ancestral", "ddim")
 
 
@@ -45,6 +45,11 @@ class GaussianDiffusion:
             original step index) or "noise_level" (continuous
             `sqrt(alpha_bar)`, section 4.4).
 
+    Attributes: the arguments above (`original_num_timesteps` holds the
+    `num_timesteps` argument), `num_timesteps` (steps of this process: fewer
+    after respacing), `timestep_map` (the original step of each step) and the
+    float64 schedule buffers (`betas`, `alphas_cumprod`, ...).
+
     Example:
     >>> diffusion = GaussianDiffusion(4000, "cosine", variance="learned_range", loss="hybrid")
     >>> fast = diffusion.respace("100")
@@ -64,18 +69,16 @@ class GaussianDiffusion:
         loss="mse",
         conditioning="timestep",
     ):
-        self._config = dict(
-            num_timesteps=check_positive_int("num_timesteps", num_timesteps),
-            schedule=check_choice("schedule", schedule, sched.SCHEDULES),
-            beta_start=beta_start,
-            beta_end=beta_end,
-            section_counts=list(section_counts) if isinstance(section_counts, (list, tuple)) else section_counts,
-            prediction=check_choice("prediction", prediction, PREDICTIONS),
-            variance=check_choice("variance", variance, VARIANCES),
-            loss=check_choice("loss", loss, LOSSES),
-            conditioning=check_choice("conditioning", conditioning, CONDITIONINGS),
-        )
-        _check_combination(self._config)
+        self.original_num_timesteps = check_positive_int("num_timesteps", num_timesteps)
+        self.schedule = check_choice("schedule", schedule, sched.SCHEDULES)
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.section_counts = list(section_counts) if isinstance(section_counts, (list, tuple)) else section_counts
+        self.prediction = check_choice("prediction", prediction, PREDICTIONS)
+        self.variance = check_choice("variance", variance, VARIANCES)
+        self.loss = check_choice("loss", loss, LOSSES)
+        self.conditioning = check_choice("conditioning", conditioning, sched.CONDITIONINGS)
+        _check_combination(self.loss, self.variance, self.conditioning)
         base = sched.get_beta_schedule(schedule, num_timesteps, beta_start, beta_end)
         kept = range(num_timesteps)
         if section_counts is not None:
@@ -113,14 +116,18 @@ class GaussianDiffusion:
 
     # -- config ---------------------------------------------------------------
 
-    def __getattr__(self, name):
-        config = self.__dict__.get("_config", {})
-        if name in config:
-            return config[name]
-        raise AttributeError(f"'GaussianDiffusion' object has no attribute {name!r}")
-
     def get_config(self):
-        return dict(self._config)
+        return {
+            "num_timesteps": self.original_num_timesteps,
+            "schedule": self.schedule,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "section_counts": self.section_counts,
+            "prediction": self.prediction,
+            "variance": self.variance,
+            "loss": self.loss,
+            "conditioning": self.conditioning,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -128,10 +135,10 @@ class GaussianDiffusion:
 
     def respace(self, section_counts):
         """The same process restricted to the steps chosen by `section_counts`."""
-        return GaussianDiffusion(**{**self._config, "section_counts": section_counts})
+        return GaussianDiffusion(**{**self.get_config(), "section_counts": section_counts})
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items() if v is not None)
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v is not None)
         return f"GaussianDiffusion({args})"
 
     # -- helpers --------------------------------------------------------------
@@ -156,13 +163,6 @@ class GaussianDiffusion:
         return ops.cast(self._extract("timestep_map", t, ndim=1), "float32")
 
     # -- forward process --------------------------------------------------------
-
-    def q_mean_variance(self, x_start, t):
-        """Mean, variance and log-variance of q(x_t | x_0)."""
-        x_start = ops.cast(x_start, "float32")
-        mean = self._extract("sqrt_alphas_cumprod", t) * x_start
-        variance = 1.0 - self._extract("alphas_cumprod", t)
-        return mean, variance, ops.log(variance)
 
     def q_sample(self, x_start, t, noise):
         """Draws x_t ~ q(x_t | x_0) with the given standard normal `noise`."""
@@ -233,7 +233,7 @@ class GaussianDiffusion:
 
     # -- losses -------------------------------------------------------------------
 
-    def training_losses(self, model_output, x_start, t, noise, noise_levels=None):
+    def training_losses(self, model_output, x_start, t, noise, noise_levels=None, x_t=None):
         """Per-example training terms: dict(loss, mse[, vb]).
 
         `mse` is L_simple (mean over pixels). `vb` is the variational-bound term
@@ -242,6 +242,8 @@ class GaussianDiffusion:
         t = 0 it is the discretized Gaussian decoder NLL. `loss` is `mse`, plus
         `vb` for the hybrid loss. With `noise_levels` (continuous conditioning)
         x_t is drawn at those levels and only `loss` and `mse` are returned.
+        `x_t` is the noisy input the network saw, `q_sample(x_start, t, noise)`
+        (computed here when not given).
         """
         x_start, noise = ops.cast(x_start, "float32"), ops.cast(noise, "float32")
         model_output = ops.cast(model_output, "float32")
@@ -257,7 +259,7 @@ class GaussianDiffusion:
         mse = losses.mean_flat(ops.square(target - prediction))
         if noise_levels is not None:
             return {"loss": mse, "mse": mse}
-        x_t = self.q_sample(x_start, t, noise)
+        x_t = self.q_sample(x_start, t, noise) if x_t is None else ops.cast(x_t, "float32")
         frozen = ops.stop_gradient(prediction)
         v = v if self.variance == "learned_range" else None
         vb = self._vb_terms_bpd(frozen, v, x_start, x_t, t, noise) * (self.num_timesteps / 1000.0)
@@ -335,7 +337,7 @@ class GaussianDiffusion:
         x_t = ops.cast(x_t, "float32")
         steps = ops.zeros_like(ops.cast(x_t[:, 0, 0, 0], "int32")) + ops.cast(t, "int32")
         model_output = denoise_fn(x_t, self.model_conditioning(steps))
-        noise = stateless_normal(ops.shape(x_t), seed, ops.cast(t, "int32") + 1)
+        noise = stateless_normal(ops.shape(x_t), seed, step_counter(t))
         if sampler == "ancestral":
             return self.p_sample(model_output, x_t, steps, noise, clip_denoised)
         return self.ddim_sample(model_output, x_t, steps, noise, eta, clip_denoised)
@@ -380,14 +382,14 @@ class GaussianDiffusion:
 
     def initial_noise(self, shape, seed):
         """x_T ~ N(0, I) for `sample_loop`, a pure function of `seed`."""
-        return stateless_normal(shape, seed, 0)
+        return stateless_normal(shape, seed, INITIAL_NOISE_COUNTER)
 
     def check_steps(self, start, stop):
         """Raises a ValueError unless 0 <= start <= T-1 and -1 <= stop < start (stop -1: run to x_0)."""
         last = self.num_timesteps - 1
-        if not isinstance(start, (int, np.integer)) or not 0 <= start <= last:
+        if not is_int(start) or not 0 <= start <= last:
             raise ValueError(f"`start_step` must be an integer in [0, {last}]. Received: start_step={start!r}")
-        if not isinstance(stop, (int, np.integer)) or not -1 <= stop < start:
+        if not is_int(stop) or not -1 <= stop < start:
             raise ValueError(
                 f"`stop_step` must be None or an integer in [0, start_step) = [0, {start}). "
                 f"Received: stop_step={stop!r}"
@@ -400,17 +402,17 @@ def _expm1_minus_identity(d):
     return ops.where(ops.abs(d) < 0.1, series, ops.expm1(d) - d)
 
 
-def _check_combination(config):
-    if (config["loss"] == "hybrid") != (config["variance"] == "learned_range"):
+def _check_combination(loss, variance, conditioning):
+    if (loss == "hybrid") != (variance == "learned_range"):
         raise ValueError(
             "The hybrid loss is what trains learned variances: use loss='hybrid' with "
             "variance='learned_range', and loss='mse' with fixed variances. "
-            f"Received: loss={config['loss']!r}, variance={config['variance']!r}"
+            f"Received: loss={loss!r}, variance={variance!r}"
         )
-    if config["conditioning"] == "noise_level" and config["variance"] == "learned_range":
+    if conditioning == "noise_level" and variance == "learned_range":
         raise ValueError(
             "Continuous noise-level conditioning uses fixed variances (section 4.4). "
-            f"Received: conditioning='noise_level', variance={config['variance']!r}"
+            f"Received: conditioning='noise_level', variance={variance!r}"
         )
 
 
@@ -422,47 +424,3 @@ def _respaced_betas(betas, kept):
         new_betas.append(1.0 - alphas_cumprod[i] / last)
         last = alphas_cumprod[i]
     return np.asarray(new_betas, dtype=np.float64)
-
-
-_SEED_SLOT = []
-
-
-def stateless_normal(shape, seed, counter):
-    """N(0, 1) draws that are a pure function of `(seed, counter)`.
-
-    `seed` is a scalar (one stream for the whole tensor) or a vector of one
-    seed per example (`shape[0]` of them): example i then gets the draw of
-    `(seed[i], counter)` whatever the batch it is in, so a batch of 4 gives the
-    same samples as four batches of 1. Works inside compiled loops on every
-    backend: a Keras `SeedGenerator` is used only as a slot whose state is
-    mapped to `[seed, counter]` in a `keras.StatelessScope`.
-    """
-    if len(getattr(seed, "shape", ())) == 1:
-        example_shape = tuple(shape[1:])
-        # JAX vectorizes the draws; TensorFlow's vectorizer has no rule for stateless
-        # random ops and would warn and loop anyway, so loop explicitly there.
-        per_example = ops.vectorized_map if keras.backend.backend() == "jax" else ops.map
-        return per_example(lambda s: _stateless_normal(example_shape, s, counter), seed)
-    return _stateless_normal(shape, seed, counter)
-
-
-def _stateless_normal(shape, seed, counter):
-    if not _SEED_SLOT:
-        _SEED_SLOT.append(keras.random.SeedGenerator(0, name="keras_cdm_seed_slot"))
-    slot = _SEED_SLOT[0]
-    dtype = slot.state.dtype
-    state = ops.stack([ops.cast(seed, dtype), ops.cast(counter, dtype)])
-    with keras.StatelessScope(state_mapping=[(slot.state, state)]):
-        return keras.random.normal(shape, seed=slot)
-
-
-def example_seeds(seed, indices, stream=0):
-    """One seed per example: a pure function of (`seed`, `stream`, example index).
-
-    A cascade draws stage k of example i from `example_seeds(seed, [i], k)`,
-    so results do not depend on how a request is split into batches.
-    """
-    return np.asarray(
-        [np.random.SeedSequence([int(seed), int(stream), int(i)]).generate_state(1)[0] >> 1 for i in indices],
-        dtype=np.int32,
-    )

@@ -8,19 +8,22 @@ samples the stage alone, with the optimizer's EMA weights when they exist.
 """
 
 import contextlib
+import dataclasses
 import math
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_cdm import presets
 from keras_cdm._compile import compile_with_model
-from keras_cdm._validation import check_choice
-from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
-from keras_cdm.diffusion import GaussianDiffusion, example_seeds, stateless_normal
-from keras_cdm.unet import INTERPOLATIONS, DiffusionUNet
-
-_AUGMENTATION_NOISE = 2**31 - 1  # noise counter of non-truncated augmentation, apart from step counters
+from keras_cdm._validation import check_choice, check_image_shape, check_labels, check_positive_int
+from keras_cdm.conditioning import ConditioningAugmentation
+from keras_cdm.diffusion import GaussianDiffusion
+from keras_cdm.images import INTERPOLATIONS
+from keras_cdm.sampling import SamplingPlan, make_plan
+from keras_cdm.seeding import per_example_seeds
+from keras_cdm.unet import DiffusionUNet
 
 
 @keras.saving.register_keras_serializable(package="keras_cdm")
@@ -60,7 +63,7 @@ class DiffusionModel(keras.Model):
         self.unet = _deserialize(unet, DiffusionUNet, "unet")
         self.diffusion = _deserialize(diffusion, GaussianDiffusion, "diffusion")
         self.augmentation = None if augmentation is None else _deserialize(
-            augmentation, (GaussianConditioningAugmentation, BlurConditioningAugmentation), "augmentation"
+            augmentation, ConditioningAugmentation, "augmentation"
         )
         self.random_flip = bool(random_flip)
         self.low_res_interpolation = check_choice("low_res_interpolation", low_res_interpolation, INTERPOLATIONS)
@@ -99,15 +102,18 @@ class DiffusionModel(keras.Model):
         else:
             unet_inputs["noisy_images"] = self.diffusion.q_sample(x_start, t, noise)
             unet_inputs["timesteps"] = self.diffusion.model_conditioning(t)
+        outputs["x_t"] = unet_inputs["noisy_images"]
         if self.unet.low_res_size is not None:
-            unet_inputs.update(self._low_res_inputs(self.downsample(x_start), training))
+            low_res = self.downsample(x_start)
+            unet_inputs.update({"low_res_images": low_res} if self.augmentation is None
+                               else self.augmentation.training_inputs(low_res, training=training))
         outputs["model_output"] = self.unet(unet_inputs, training=training)
         return outputs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         terms = self.diffusion.training_losses(
             y_pred["model_output"], y_pred["x_start"], y_pred["t"], y_pred["noise"],
-            noise_levels=y_pred.get("noise_levels"),
+            noise_levels=y_pred.get("noise_levels"), x_t=y_pred["x_t"],
         )
         self.mse_tracker.update_state(terms["mse"])
         if self.vb_tracker is not None:
@@ -168,22 +174,12 @@ class DiffusionModel(keras.Model):
                                interpolation=self.low_res_interpolation, antialias=True)
         return ops.clip(low, -1.0, 1.0)
 
-    def _low_res_inputs(self, low_res, training, levels=None):
-        inputs = {"low_res_images": low_res}
-        if isinstance(self.augmentation, GaussianConditioningAugmentation):
-            inputs["low_res_images"], inputs["augmentation_levels"] = self.augmentation(
-                low_res, levels, training=training
-            )
-        elif isinstance(self.augmentation, BlurConditioningAugmentation):
-            inputs["low_res_images"] = self.augmentation(low_res, training=training)
-        return inputs
-
     def _unpack(self, inputs):
         if not isinstance(inputs, dict) or "images" not in inputs:
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
             raise ValueError(f"Batches must be dicts with 'images' (and 'labels'). Received: {got}")
         images, labels = inputs["images"], inputs.get("labels")
-        _check_images(self.unet, tuple(images.shape), "images")
+        check_image_shape("images", images.shape, self.unet.image_size, self.unet.image_channels)
         if (labels is None) != (self.unet.num_classes is None):
             raise ValueError(
                 f"This stage is {'class-conditional' if self.unet.num_classes else 'unconditional'}: "
@@ -194,9 +190,29 @@ class DiffusionModel(keras.Model):
 
     # -- sampling -------------------------------------------------------------------
 
-    def generate(self, labels=None, num_images=None, seed=0, num_steps=None, sampler="ancestral", eta=0.0,
-                 clip_denoised=True, low_res_images=None, augmentation_level=0, truncated=False,
-                 stop_step=None, noise_schedule=None, use_ema=True, verbose="auto"):
+    def sampling_plan(self, **settings):
+        """Validates sampling settings once and returns this stage's `SamplingPlan`.
+
+        Settings (all optional; defaults in `keras_cdm.sampling.SAMPLING_DEFAULTS`):
+            sampler: "ancestral" or "ddim" (with `eta`).
+            num_steps: respace the reverse process: an int (e.g. 100), or
+                section counts such as "ddim50"; None uses all its steps.
+            eta: DDIM noise scale (>= 0).
+            clip_denoised: clip the predicted x_0 to [-1, 1] at every step.
+            augmentation_level: s for a Gaussian-augmented stage (0 = none).
+            truncated: the low-resolution input is already z_s (a previous
+                stage's sample stopped at s: truncated augmentation); otherwise
+                it is z_0 and is re-noised to s (non-truncated augmentation).
+            noise_schedule: continuous-noise stages only (section 4.4): the
+                inference schedule, independent of the training one, as a dict
+                of `GaussianDiffusion` arguments, e.g.
+                `{"schedule": "linear", "num_timesteps": 100}`, or a
+                `GaussianDiffusion`. None samples the training schedule.
+        """
+        return make_plan(self.diffusion, self.augmentation, settings, self.name)
+
+    def generate(self, labels=None, num_images=None, seed=0, low_res_images=None, plan=None, stop_step=None,
+                 use_ema=True, verbose="auto", **settings):
         """Samples this stage alone; returns float32 NHWC numpy images in [-1, 1].
 
         Args:
@@ -205,38 +221,40 @@ class DiffusionModel(keras.Model):
             seed: integer seed; the same seed gives the same images (None: a
                 random one). Image i is drawn from `example_seeds(seed, [i])`;
                 a sequence of such per-example seeds is accepted too.
-            num_steps: respace the reverse process: an int (e.g. 100), or
-                section counts such as "ddim50"; None uses all its steps.
-            sampler: "ancestral" or "ddim" (with `eta`).
-            clip_denoised: clip the predicted x_0 to [-1, 1] at every step.
             low_res_images: the conditioning of a super-resolution stage, in
                 [-1, 1], at the stage's `low_res_size`.
-            augmentation_level: s for a Gaussian-augmented stage (0 = none).
-            truncated: `low_res_images` is already z_s (a base sample stopped at
-                s, truncated augmentation); otherwise it is z_0 and is re-noised
-                to s (non-truncated augmentation).
+            plan: a `SamplingPlan` of this stage (`sampling_plan(...)`), or None
+                to make one from `settings`.
             stop_step: stop the reverse process early and return the sample at
                 that step (of the respaced process), e.g. z_s for truncation.
-            noise_schedule: continuous-noise stages only (section 4.4): the
-                inference schedule, independent of the training one, as a dict
-                of `GaussianDiffusion` arguments, e.g.
-                `{"schedule": "linear", "num_timesteps": 100}`, or a
-                `GaussianDiffusion`. None samples the training schedule.
             use_ema: sample with the optimizer's EMA weights when they exist.
             verbose: "auto" shows a progress bar for chains of 100+ steps.
+            **settings: sampling settings (see `sampling_plan`), e.g.
+                `num_steps=50, sampler="ddim"`; not together with `plan`.
         """
+        if plan is not None and settings:
+            raise ValueError(f"Pass sampling settings or a `plan`, not both. Received: {sorted(settings)} and a plan")
+        plan = self.sampling_plan(**settings) if plan is None else _check_plan(self, plan)
+        if stop_step is not None:
+            plan.process.check_steps(plan.start_step, stop_step)
+            plan = dataclasses.replace(plan, stop_step=int(stop_step))
         labels, batch = self._check_generate_args(labels, num_images, low_res_images)
-        seeds = _per_example_seeds(seed, batch)
-        diffusion = self.inference_diffusion(num_steps, noise_schedule)
-        start = diffusion.num_timesteps - 1
-        stop = -1 if stop_step is None else stop_step
-        diffusion.check_steps(start, stop)
+        low_res = None if low_res_images is None else np.asarray(low_res_images, "float32")
+        return self.run_plan(plan, labels, per_example_seeds(seed, batch), low_res, use_ema, verbose)
+
+    def run_plan(self, plan, labels, seeds, low_res_images=None, use_ema=True, verbose=False):
+        """Runs a `SamplingPlan` on inputs already checked (`generate` is the checked
+        entry point; the pipeline calls this after checking its own request).
+
+        `labels`: int32 labels or None; `seeds`: int32 per-example seeds;
+        `low_res_images`: float32 images in [-1, 1] (super-resolution stages).
+        """
         conditioning = {} if labels is None else {"labels": ops.convert_to_tensor(labels, "int32")}
         if low_res_images is not None:
-            conditioning.update(self._inference_low_res(low_res_images, augmentation_level, truncated, seeds))
-        shape = (batch, self.unet.image_size, self.unet.image_size, self.unet.image_channels)
-        x = diffusion.initial_noise(shape, seeds)
-        total = start - stop
+            conditioning.update(self._sampling_low_res_inputs(low_res_images, plan, seeds))
+        shape = (len(seeds), self.unet.image_size, self.unet.image_size, self.unet.image_channels)
+        x = plan.process.initial_noise(shape, seeds)
+        total = plan.num_network_evaluations
         chunk = total if not _show_progress(verbose, total) else max(1, math.ceil(total / 20))
         progress = keras.utils.Progbar(total, unit_name="step") if chunk < total else None
         seed_tensor = ops.convert_to_tensor(seeds, "int32")
@@ -244,72 +262,44 @@ class DiffusionModel(keras.Model):
             done = 0
             while done < total:
                 steps = min(chunk, total - done)
-                run = self._sampler(diffusion, steps, sampler, float(eta), bool(clip_denoised), sorted(conditioning))
-                x = run(x, seed_tensor, ops.convert_to_tensor(start - done, "int32"), conditioning)
+                run = self._sampler(plan, steps, sorted(conditioning))
+                x = run(x, seed_tensor, ops.convert_to_tensor(plan.start_step - done, "int32"), conditioning)
                 done += steps
                 if progress is not None:
                     progress.update(done)
         return np.asarray(ops.convert_to_numpy(x))
 
-    def inference_diffusion(self, num_steps=None, noise_schedule=None):
-        """The process `generate` runs: the training one, or the inference
-        `noise_schedule` of a continuous-noise stage; respaced to `num_steps`."""
-        diffusion = self.diffusion
-        if noise_schedule is not None:
-            if diffusion.conditioning != "noise_level":
-                raise ValueError(
-                    "`noise_schedule` needs a stage trained with continuous noise conditioning "
-                    "(conditioning='noise_level'); this one is conditioned on timesteps. "
-                    f"Received: noise_schedule={noise_schedule!r}"
-                )
-            diffusion = _inference_schedule(diffusion, noise_schedule)
-        if num_steps is not None:
-            diffusion = diffusion.respace(num_steps)
-        return diffusion
-
-    def _sampler(self, diffusion, steps, sampler, eta, clip, keys):
-        key = (repr(diffusion), steps, sampler, eta, clip, tuple(keys))
+    def _sampler(self, plan, steps, keys):
+        key = (repr(plan.process), steps, plan.sampler, float(plan.eta), plan.clip_denoised, tuple(keys))
         if key not in self._samplers:
             conditioning_key = self.unet.conditioning_key
+            process, sampler, eta, clip = plan.process, plan.sampler, float(plan.eta), plan.clip_denoised
 
             def run(apply, x, seed, start, conditioning):
                 def denoise(x_t, cond):
                     return apply({**conditioning, "noisy_images": x_t, conditioning_key: cond})
 
-                return diffusion.run_steps(denoise, x, seed, start, steps, sampler, eta, clip)
+                return process.run_steps(denoise, x, seed, start, steps, sampler, eta, clip)
 
             self._samplers[key] = compile_with_model(self.unet, run)
         return self._samplers[key]
 
-    def _inference_low_res(self, low_res_images, level, truncated, seeds):
-        low = ops.convert_to_tensor(np.asarray(low_res_images, "float32"))
-        if not isinstance(self.augmentation, GaussianConditioningAugmentation):
-            return {"low_res_images": low}
-        aug = self.augmentation
-        if not isinstance(level, (int, np.integer)) or not 0 <= level <= aug.num_timesteps:
-            raise ValueError(
-                f"`augmentation_level` must be an integer in [0, {aug.num_timesteps}]. "
-                f"Received: augmentation_level={level!r}"
-            )
-        levels = ops.full((low.shape[0],), level, "int32")
-        if not truncated:
-            noise = stateless_normal(low.shape, ops.convert_to_tensor(seeds, "int32"), _AUGMENTATION_NOISE)
-            low = aug.augment(low, levels, noise)
-        return {"low_res_images": low, "augmentation_levels": ops.cast(levels, "float32")}
+    def _sampling_low_res_inputs(self, low_res_images, plan, seeds):
+        if self.augmentation is None:
+            return {"low_res_images": ops.convert_to_tensor(low_res_images, "float32")}
+        return self.augmentation.sampling_inputs(low_res_images, plan.augmentation_level, seeds, plan.truncated)
 
     def _check_generate_args(self, labels, num_images, low_res_images):
         if self.unet.num_classes is not None:
             if labels is None:
                 raise ValueError("This stage is class-conditional: pass `labels`. Received: labels=None")
-            labels = _check_labels(np.asarray(labels).reshape(-1), self.unet.num_classes)
+            labels = check_labels(labels, self.unet.num_classes)
             batch = len(labels)
         else:
             if labels is not None:
                 raise ValueError(f"This stage is unconditional: do not pass `labels`. Received: labels={labels!r}")
-            batch = num_images if num_images is not None else (
-                None if low_res_images is None else len(low_res_images))
-            if not isinstance(batch, (int, np.integer)) or batch < 1:
-                raise ValueError(f"`num_images` must be a positive integer. Received: num_images={num_images!r}")
+            batch = num_images if num_images is not None or low_res_images is None else len(low_res_images)
+            batch = check_positive_int("num_images", batch)
         if (low_res_images is None) != (self.unet.low_res_size is None):
             raise ValueError(
                 "`low_res_images` is required for a super-resolution stage and not allowed for a base stage. "
@@ -317,10 +307,8 @@ class DiffusionModel(keras.Model):
                 f"low_res_size={self.unet.low_res_size}"
             )
         if low_res_images is not None:
-            shape = tuple(np.shape(low_res_images))
-            _check_images(self.unet, shape, "low_res_images", self.unet.low_res_size)
-            if shape[0] != batch:
-                raise ValueError(f"`low_res_images` must hold {batch} images, one per label. Received: {shape[0]}")
+            check_image_shape("low_res_images", np.shape(low_res_images), self.unet.low_res_size,
+                              self.unet.image_channels, batch)
         return labels, int(batch)
 
     @contextlib.contextmanager
@@ -392,8 +380,6 @@ class DiffusionModel(keras.Model):
         (the paper's built-ins) gives a randomly initialised stage and one
         warning, unless `load_weights=False`.
         """
-        from keras_cdm import presets
-
         folder = presets.resolve_preset(preset, revision)
         model, random = presets.load_stage(folder, load_weights, label=str(preset))
         if random:
@@ -407,8 +393,6 @@ class DiffusionModel(keras.Model):
         The folder is written atomically; an existing one is replaced only with
         `overwrite=True`. Returns the folder's path.
         """
-        from keras_cdm import presets
-
         return presets.write_atomically(
             folder, lambda tmp: presets.write_stage(self, tmp, include_weights, description), overwrite)
 
@@ -452,11 +436,11 @@ def _check_stage(unet, diffusion, augmentation):
             "A U-Net with `learned_variance=True` goes with variance='learned_range', and only with it. "
             f"Received: learned_variance={unet.learned_variance}, variance={diffusion.variance!r}"
         )
-    gaussian = isinstance(augmentation, GaussianConditioningAugmentation)
+    level_input = augmentation is not None and augmentation.level_input
     if augmentation is not None and unet.low_res_size is None:
         raise ValueError("Conditioning augmentation applies to super-resolution stages (a U-Net with "
                          f"`low_res_size`). Received: augmentation={type(augmentation).__name__}")
-    if gaussian != unet.augmentation_level_embedding:
+    if level_input != unet.augmentation_level_embedding:
         raise ValueError(
             "Gaussian conditioning augmentation and the U-Net's `augmentation_level_embedding` go together. "
             f"Received: augmentation={type(augmentation).__name__}, "
@@ -464,65 +448,17 @@ def _check_stage(unet, diffusion, augmentation):
         )
 
 
-_SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end", "variance")
-_INFERENCE_VARIANCES = ("fixed_small", "fixed_large")
-
-
-def _inference_schedule(diffusion, noise_schedule):
-    if isinstance(noise_schedule, GaussianDiffusion):
-        if noise_schedule.conditioning != "noise_level":
-            raise ValueError("An inference `noise_schedule` must use conditioning='noise_level'. "
-                             f"Received: {noise_schedule!r}")
-        return noise_schedule
-    if not isinstance(noise_schedule, dict) or not set(noise_schedule) <= set(_SCHEDULE_KEYS):
-        raise ValueError(
-            f"`noise_schedule` must be a GaussianDiffusion or a dict with keys among {list(_SCHEDULE_KEYS)}. "
-            f"Received: noise_schedule={noise_schedule!r}"
-        )
-    if noise_schedule.get("variance", diffusion.variance) != diffusion.variance and (
-            diffusion.variance not in _INFERENCE_VARIANCES or noise_schedule["variance"] not in _INFERENCE_VARIANCES):
-        raise ValueError(
-            f"An inference `noise_schedule` may switch only between the fixed variances {list(_INFERENCE_VARIANCES)} "
-            f"(this stage trains {diffusion.variance!r}). Received: variance={noise_schedule['variance']!r}"
-        )
-    return GaussianDiffusion(**{**diffusion.get_config(), "section_counts": None, "beta_start": None,
-                                "beta_end": None, **noise_schedule})
-
-
-def _per_example_seeds(seed, batch):
-    """`seed` (int, None or one seed per example) as a vector of per-example seeds."""
-    if seed is None:
-        seed = int(np.random.randint(0, 2**31 - 1))
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < 2**31:
-        return example_seeds(seed, range(batch))
-    seeds = np.asarray(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
-    if (seeds is None or seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer)
-            or seeds.min() < 0 or seeds.max() >= 2**31):
-        raise ValueError(
-            f"`seed` must be None, an integer in [0, 2**31), or {batch} such integers (one per image). "
-            f"Received: seed={seed!r}"
-        )
-    return seeds.astype("int32")
-
-
-def _check_images(unet, shape, name, size=None):
-    size = size or unet.image_size
-    expected = (size, size, unet.image_channels)
-    if len(shape) != 4 or tuple(shape[1:]) != expected:
-        raise ValueError(
-            f"`{name}` must have shape (batch, {size}, {size}, {unet.image_channels}) for this stage. "
-            f"Received: {name}.shape={shape}"
-        )
-
-
-def _check_labels(labels, num_classes):
-    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
-                        or labels.max() >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)] if np.issubdtype(labels.dtype, np.number) else labels
-        raise ValueError(
-            f"Labels must be integers in [0, {num_classes}). Received: labels outside it: {bad[:10].tolist()}"
-        )
-    return labels.astype("int32")
+def _check_plan(model, plan):
+    """A plan made by this stage's `sampling_plan` (or one of the same kind)."""
+    if not isinstance(plan, SamplingPlan):
+        raise ValueError(f"`plan` must be a SamplingPlan from `sampling_plan(...)`. Received: {type(plan).__name__}")
+    augmentation = model.augmentation
+    if plan.process.conditioning != model.diffusion.conditioning or plan.augmentation_level > (
+            0 if augmentation is None else augmentation.max_sampling_level) or (
+            plan.truncated and not (augmentation is not None and augmentation.supports_truncation)):
+        raise ValueError(f"This plan was not made for stage {model.name!r}: make it with "
+                         f"`{model.name}.sampling_plan(...)`. Received: {plan}")
+    return plan
 
 
 def _check_data(model, x):
@@ -540,11 +476,11 @@ def _check_data(model, x):
         return
     if not isinstance(batch, dict) or "images" not in batch:
         raise ValueError(f"Batches must be dicts with 'images' (and 'labels'). Received: {type(batch).__name__}")
-    _check_images(model.unet, tuple(np.shape(batch["images"])), "images")
+    check_image_shape("images", np.shape(batch["images"]), model.unet.image_size, model.unet.image_channels)
     if model.unet.num_classes is not None:
         if "labels" not in batch:
             raise ValueError(f"This stage is class-conditional: batches need 'labels'. Received keys: {sorted(batch)}")
-        _check_labels(np.asarray(batch["labels"]).reshape(-1), model.unet.num_classes)
+        check_labels(batch["labels"], model.unet.num_classes)
 
 
 def _scale_for_replicas(loss):

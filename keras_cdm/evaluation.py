@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_cdm._validation import check_positive_int
+from keras_cdm.images import uint8_to_unit
 
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
 INCEPTION_WEIGHTS_URL = (
@@ -214,7 +215,7 @@ def _unit_range(images, channels=None):
         need = f" with {' or '.join(map(str, channels))} channels" if channels else ""
         raise ValueError(f"`images` must be an (N, H, W, C) array{need}. Received: images.shape={images.shape}")
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
+        return uint8_to_unit(images.astype(np.float32))
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"`images` must be uint8 or floats in [-1, 1]. Received: dtype={images.dtype}")
     if images.size and (images.min() < -1.5 or images.max() > 1.5):

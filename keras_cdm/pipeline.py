@@ -4,40 +4,24 @@ A cascade is a base stage followed by super-resolution stages, each conditioned 
 the previous stage's output. Every stage has its own sampling settings: sampler
 and number of steps, the augmentation level s and mode (truncated or not) of a
 Gaussian-augmented upsampler (sections 3.2, 3.3), the inference noise schedule of
-a continuous-noise upsampler (section 4.4).
+a continuous-noise upsampler (section 4.4). Each stage turns its settings into a
+validated, immutable `SamplingPlan` once, when they are set; the pipeline keeps the
+plans (`plans`), links each stage's stop step to the truncation of the next, and
+hands each stage its plan.
 """
 
+import dataclasses
 import time
 
 import keras
 import numpy as np
 
-from keras_cdm._validation import check_choice
-from keras_cdm.conditioning import GaussianConditioningAugmentation
-from keras_cdm.diffusion import SAMPLERS, GaussianDiffusion, example_seeds
+from keras_cdm import presets
+from keras_cdm._validation import check_image_shape, check_int, check_labels, check_positive_int, is_int
 from keras_cdm.diffusion_model import DiffusionModel
-
-SAMPLING_DEFAULTS = {
-    "sampler": "ancestral", "num_steps": None, "eta": 0.0, "clip_denoised": True,
-    "augmentation_level": 0, "truncated": False, "noise_schedule": None,
-}
-
-
-def to_uint8(images):
-    """Images in [-1, 1] -> uint8 in [0, 255] (rounded, clipped)."""
-    return np.clip(np.round((np.asarray(images, "float32") + 1.0) * 127.5), 0, 255).astype("uint8")
-
-
-def from_uint8(images):
-    """uint8 images (or floats already in [-1, 1]) -> float32 in [-1, 1]."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images.astype("float32") / 127.5 - 1.0
-    images = images.astype("float32")
-    if images.size and (images.min() < -1.0 - 1e-3 or images.max() > 1.0 + 1e-3):
-        raise ValueError("Low-resolution images must be uint8, or floats in [-1, 1]. "
-                         f"Received: floats in [{images.min():.3g}, {images.max():.3g}]")
-    return images
+from keras_cdm.images import from_uint8, to_uint8
+from keras_cdm.sampling import check_settings
+from keras_cdm.seeding import check_seed, example_seeds
 
 
 class CascadedDiffusionPipeline:
@@ -67,7 +51,6 @@ class CascadedDiffusionPipeline:
         _check_stages(self.stages)
         self.description = description
         self.last_timings = {}  # stage name -> seconds, of the last `generate`
-        self.sampling = [dict(SAMPLING_DEFAULTS) for _ in self.stages]
         given = sampling or []
         if isinstance(given, dict):
             unknown = set(given) - set(self.stage_names)
@@ -76,42 +59,51 @@ class CascadedDiffusionPipeline:
             given = [given.get(name, {}) for name in self.stage_names]
         if len(given) not in (0, len(self.stages)):
             raise ValueError(f"`sampling` needs one dict per stage ({len(self.stages)}). Received: {len(given)}")
-        for k, settings in enumerate(given):
-            self.sampling[k].update(_check_keys(settings))
-        self._check_sampling()
+        given = given or [{} for _ in self.stages]
+        self.plans = self._link([stage.sampling_plan(**check_settings(settings))
+                                 for stage, settings in zip(self.stages, given)])
 
     @property
     def stage_names(self):
         return [stage.name for stage in self.stages]
 
+    @property
+    def sampling(self):
+        """The sampling settings of every stage (fresh dicts; change them with `set_sampling`)."""
+        return [plan.settings for plan in self.plans]
+
     def stage_index(self, stage):
         """The index of a stage given by index or name."""
         if isinstance(stage, str) and stage in self.stage_names:
             return self.stage_names.index(stage)
-        if isinstance(stage, (int, np.integer)) and not isinstance(stage, bool) and 0 <= stage < len(self.stages):
+        if is_int(stage) and 0 <= stage < len(self.stages):
             return int(stage)
         raise ValueError(f"`stage` must be a stage name in {self.stage_names} or an index in "
                          f"[0, {len(self.stages)}). Received: stage={stage!r}")
 
     def set_sampling(self, stage, **settings):
         """Changes the sampling settings of one stage (by index or name), e.g.
-        `set_sampling("sr64", augmentation_level=501, truncated=True)`."""
+        `set_sampling("sr64", augmentation_level=501, truncated=True)`. The new plan
+        is validated (with its neighbours) before anything changes."""
         k = self.stage_index(stage)
-        previous = dict(self.sampling[k])
-        self.sampling[k].update(_check_keys(settings))
-        try:
-            self._check_sampling()
-        except ValueError:
-            self.sampling[k] = previous
-            raise
+        plans = list(self.plans)
+        plans[k] = self.stages[k].sampling_plan(**{**plans[k].settings, **check_settings(settings)})
+        self.plans = self._link(plans)
 
-    def _check_sampling(self):
-        for k, (stage, settings) in enumerate(zip(self.stages, self.sampling)):
-            check_choice("sampler", settings["sampler"], SAMPLERS)
-            if not isinstance(settings["eta"], (int, float)) or settings["eta"] < 0:
-                raise ValueError(f"`eta` must be a number >= 0. Received: eta={settings['eta']!r}")
-            stage.inference_diffusion(settings["num_steps"], settings["noise_schedule"])
-            _check_augmentation(self.stages, self.sampling, k)
+    def _link(self, plans):
+        """The plans with each stage's stop step for the truncated augmentation of the next."""
+        linked = list(plans)
+        for k in range(len(plans) - 1):
+            following = plans[k + 1]
+            level = following.augmentation_level if following.truncated else 0
+            linked[k] = plans[k].stopping_at(level, self.stages[k + 1].augmentation.forward_process if level else None,
+                                             self.stage_names[k + 1], self.stage_names[k])
+        return linked
+
+    def truncation_step(self, k):
+        """Where stage k stops: None (run to x_0), or the step of its respaced process
+        holding z_s when stage k+1 uses truncated augmentation at level s > 0."""
+        return self.plans[self.stage_index(k)].stop_step
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -123,8 +115,8 @@ class CascadedDiffusionPipeline:
         Args:
             labels: class labels, one per image (class-conditional cascades).
             seed: integer seed; image i of stage k comes from
-                `example_seeds(seed, [i], stream=k)`, so results do not depend
-                on `batch_size`. None draws a random seed.
+                `example_seeds(seed, [i], stream=k)` (see `keras_cdm.seeding`), so
+                results do not depend on `batch_size`. None draws a random seed.
             batch_size: images per call of a stage (memory bound).
             num_images: number of images of an unconditional cascade.
             return_intermediates: also return `{stage name: uint8 images}` of
@@ -139,115 +131,90 @@ class CascadedDiffusionPipeline:
                 each stage passes to the next, unquantized).
             first_example: index of the first image in a larger request: image
                 i here is example `first_example + i` of `seed` (`iter_generate`).
-        `last_timings` then holds the seconds each stage took.
             verbose: True shows one progress bar per stage; "auto" shows it for
                 stages of several batches or of 100+ steps.
+
+        `last_timings` then holds the seconds each stage took.
         """
-        start = self.stage_index(start_stage)
-        convert = {"uint8": to_uint8, "float": lambda x: x}.get(output)
-        if convert is None:
-            raise ValueError(f"`output` must be one of ['uint8', 'float']. Received: output={output!r}")
-        labels, count = self._check_request(labels, num_images, start, low_res_images)
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-        seed = _check_seed(seed)
-        if not isinstance(first_example, (int, np.integer)) or isinstance(first_example, bool) or first_example < 0:
-            raise ValueError(f"`first_example` must be an integer >= 0. Received: first_example={first_example!r}")
-        current = None if start == 0 else from_uint8(low_res_images)
+        request = self._check_request(labels, num_images, start_stage, low_res_images, seed, batch_size, output)
+        first_example = check_int("first_example", first_example, 0)
+        return self._generate(request, first_example, return_intermediates, use_ema, verbose)
+
+    def iter_generate(self, labels=None, seed=0, chunk_size=256, num_images=None, start_stage=0, low_res_images=None,
+                      batch_size=16, output="uint8", use_ema=True, verbose="auto"):
+        """Yields the images of `generate(labels, seed, ...)` chunk by chunk (the same
+        images), so that e.g. 50,000 samples can be scored without holding them all.
+        The whole request is checked before the first chunk is sampled."""
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+        request = self._check_request(labels, num_images, start_stage, low_res_images, seed, batch_size, output)
+        for begin in range(0, request["count"], chunk_size):
+            part = slice(begin, min(begin + chunk_size, request["count"]))
+            chunk = {**request, "count": part.stop - part.start,
+                     "labels": None if request["labels"] is None else request["labels"][part],
+                     "low_res": None if request["low_res"] is None else request["low_res"][part]}
+            yield self._generate(chunk, begin, False, use_ema, verbose)
+
+    def _generate(self, request, first_example, return_intermediates, use_ema, verbose):
+        start, current, convert = request["start"], request["low_res"], request["convert"]
         intermediates, self.last_timings = {}, {}
         for k in range(start, len(self.stages)):
-            truncated = self.sampling[k]["truncated"] and k > start
+            # The first stage run takes the given images as z_0, even if it would be fed z_s in a full cascade.
+            plan = self.plans[k] if k > start else dataclasses.replace(self.plans[k], truncated=False)
             began = time.perf_counter()
-            current = self._run_stage(k, labels, count, (seed, first_example), batch_size, current, truncated,
-                                      use_ema, verbose)
+            current = self._run_stage(k, plan, request, first_example, current, use_ema, verbose)
             self.last_timings[self.stages[k].name] = time.perf_counter() - began
             intermediates[self.stages[k].name] = convert(current)
         images = intermediates[self.stages[-1].name]
         return (images, intermediates) if return_intermediates else images
 
-    def iter_generate(self, labels=None, seed=0, chunk_size=256, num_images=None, **kwargs):
-        """Yields the images of `generate(labels, seed, ...)` chunk by chunk (the same
-        images), so that e.g. 50,000 samples can be scored without holding them all."""
-        seed = _check_seed(seed)
-        count = len(np.asarray(labels).reshape(-1)) if labels is not None else num_images
-        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}")
-        if not isinstance(count, (int, np.integer)) or count < 1:
-            raise ValueError(f"Pass `labels` or a positive `num_images`. Received: num_images={num_images!r}")
-        for begin in range(0, count, chunk_size):
-            end = min(begin + chunk_size, count)
-            part = dict(labels=np.asarray(labels).reshape(-1)[begin:end]) if labels is not None else dict(
-                num_images=end - begin)
-            yield self.generate(seed=seed, first_example=begin, **part, **kwargs)
-
-    def _run_stage(self, k, labels, count, seed_offset, batch_size, low_res, truncated, use_ema, verbose):
-        stage, settings = self.stages[k], self.sampling[k]
-        seed, offset = seed_offset
-        steps = stage.inference_diffusion(settings["num_steps"], settings["noise_schedule"]).num_timesteps
+    def _run_stage(self, k, plan, request, first_example, low_res, use_ema, verbose):
+        stage, labels, count, batch_size = self.stages[k], request["labels"], request["count"], request["batch_size"]
+        steps = plan.num_network_evaluations
         show = verbose is True or (verbose == "auto" and (count > batch_size or steps >= 100))
         progress = keras.utils.Progbar(count, unit_name="image") if show else None
         if progress is not None:
             print(f"Stage {k + 1}/{len(self.stages)}: {stage.name} ({stage.unet.image_size}x{stage.unet.image_size})")
-        outputs, stop_step = [], self.truncation_step(k)
+        outputs = []
         for begin in range(0, count, batch_size):
             index = np.arange(begin, min(begin + batch_size, count))
-            kwargs = dict(
-                labels=None if labels is None else labels[index],
-                num_images=None if labels is not None else len(index),
-                seed=example_seeds(seed, offset + index, stream=k), num_steps=settings["num_steps"],
-                sampler=settings["sampler"], eta=settings["eta"], clip_denoised=settings["clip_denoised"],
-                noise_schedule=settings["noise_schedule"], stop_step=stop_step,
-                use_ema=use_ema, verbose=False,
-            )
-            if low_res is not None:
-                kwargs.update(low_res_images=low_res[index], augmentation_level=settings["augmentation_level"],
-                              truncated=truncated)
-            outputs.append(stage.generate(**kwargs))
+            outputs.append(stage.run_plan(
+                plan, None if labels is None else labels[index],
+                example_seeds(request["seed"], first_example + index, stream=k),
+                None if low_res is None else low_res[index], use_ema=use_ema, verbose=False))
             if progress is not None:
                 progress.update(index[-1] + 1)
         return np.concatenate(outputs)
 
-    def truncation_step(self, k):
-        """Where stage k stops: None (run to x_0), or the step of its respaced process
-        holding z_s when stage k+1 uses truncated augmentation at level s > 0."""
-        if k + 1 >= len(self.stages):
-            return None
-        following = self.sampling[k + 1]
-        if not following["truncated"] or following["augmentation_level"] == 0:
-            return None
-        stage, settings = self.stages[k], self.sampling[k]
-        steps = stage.inference_diffusion(settings["num_steps"], settings["noise_schedule"]).timestep_map
-        return int(np.flatnonzero(steps == following["augmentation_level"] - 1)[0])
-
-    def _check_request(self, labels, num_images, start, low_res_images):
+    def _check_request(self, labels, num_images, start_stage, low_res_images, seed, batch_size, output):
+        """Checks a sampling request once, before any compute; returns it normalized."""
+        start = self.stage_index(start_stage)
+        convert = {"uint8": to_uint8, "float": lambda x: x}.get(output)
+        if convert is None:
+            raise ValueError(f"`output` must be one of ['uint8', 'float']. Received: output={output!r}")
         first = self.stages[start].unet
         if first.num_classes is not None:
             if labels is None:
                 raise ValueError("This cascade is class-conditional: pass `labels`. Received: labels=None")
-            labels = np.asarray(labels).reshape(-1)
-            if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
-                    or labels.max() >= first.num_classes:
-                raise ValueError(f"`labels` must be a non-empty list of integers in [0, {first.num_classes}). "
-                                 f"Received: labels={labels.tolist()[:10]}")
+            labels = check_labels(labels, first.num_classes)
             count = len(labels)
         else:
             if labels is not None:
                 raise ValueError(f"This cascade is unconditional: pass `num_images`, not labels. Received: {labels!r}")
             count = num_images if num_images is not None or low_res_images is None else len(low_res_images)
-            if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
-                raise ValueError(f"`num_images` must be a positive integer. Received: num_images={num_images!r}")
+            count = check_positive_int("num_images", count)
         if (start == 0) != (low_res_images is None):
             raise ValueError(
                 "`low_res_images` goes with a super-resolution `start_stage`, and only with it. "
                 f"Received: start_stage={self.stage_names[start]!r}, "
                 f"low_res_images={'given' if low_res_images is not None else None}"
             )
+        low_res = None
         if low_res_images is not None:
-            size, channels = first.low_res_size, first.image_channels
-            if tuple(np.shape(low_res_images)) != (count, size, size, channels):
-                raise ValueError(f"`low_res_images` must have shape ({count}, {size}, {size}, {channels}). "
-                                 f"Received: shape={tuple(np.shape(low_res_images))}")
-        return (None if labels is None else labels.astype("int32")), int(count)
+            check_image_shape("low_res_images", np.shape(low_res_images), first.low_res_size, first.image_channels,
+                              count, where=f" (the input of stage {self.stage_names[start]!r})")
+            low_res = from_uint8(low_res_images, name="low_res_images")
+        return {"start": start, "labels": labels, "count": count, "low_res": low_res, "seed": check_seed(seed),
+                "batch_size": check_positive_int("batch_size", batch_size), "convert": convert}
 
     # -- presets ------------------------------------------------------------------------------
 
@@ -259,8 +226,6 @@ class CascadedDiffusionPipeline:
         Without trained weights (the paper's built-ins) the stages are randomly
         initialised, with one warning unless `load_weights=False`.
         """
-        from keras_cdm import presets
-
         folder = presets.resolve_preset(preset, revision)
         if presets.preset_kind(folder) == "stage":
             stage, random = presets.load_stage(folder, load_weights, label=str(preset))
@@ -276,14 +241,13 @@ class CascadedDiffusionPipeline:
         return cls(stages, sampling, description)
 
     def get_config(self):
-        return {"stages": self.stage_names, "sampling": [dict(s) for s in self.sampling],
+        return {"stages": self.stage_names, "sampling": self.sampling,
                 "description": self.description}
 
     def save_to_preset(self, folder, overwrite=False, include_weights=True):
         """Writes the cascade as one folder: its `config.json`, `metadata.json`, a model
         card, and one stage preset per subfolder (named after the stage). Atomic;
         an existing folder is replaced only with `overwrite=True`."""
-        from keras_cdm import presets
 
         def write(tmp):
             for stage in self.stages:
@@ -292,21 +256,6 @@ class CascadedDiffusionPipeline:
             presets.write_cascade(tmp, self.get_config(), self.stages)
 
         return presets.write_atomically(folder, write, overwrite)
-
-
-def _check_seed(seed):
-    if seed is None:
-        return int(np.random.randint(0, 2**31 - 1))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
-        raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
-    return int(seed)
-
-
-def _check_keys(settings):
-    if not isinstance(settings, dict) or not set(settings) <= set(SAMPLING_DEFAULTS):
-        bad = sorted(set(settings) - set(SAMPLING_DEFAULTS)) if isinstance(settings, dict) else settings
-        raise ValueError(f"Sampling settings take the keys {sorted(SAMPLING_DEFAULTS)}. Received: {bad!r}")
-    return settings
 
 
 def _check_stages(stages):
@@ -328,40 +277,3 @@ def _check_stages(stages):
     classes = {s.unet.num_classes for s in stages}
     if len(classes) > 1:
         raise ValueError(f"All stages must share their classes. Received: num_classes={[s.unet.num_classes for s in stages]}")
-
-
-def _check_augmentation(stages, sampling, k):
-    stage, settings = stages[k], sampling[k]
-    level, truncated = settings["augmentation_level"], settings["truncated"]
-    gaussian = isinstance(stage.augmentation, GaussianConditioningAugmentation)
-    if not isinstance(level, (int, np.integer)) or isinstance(level, bool) or level < 0 \
-            or (level and not gaussian) or (gaussian and level > stage.augmentation.num_timesteps):
-        allowed = f"[0, {stage.augmentation.num_timesteps}]" if gaussian else "0 (no Gaussian augmentation)"
-        raise ValueError(f"Stage {stage.name!r}: `augmentation_level` must be an integer in {allowed}. "
-                         f"Received: augmentation_level={level!r}")
-    if not isinstance(truncated, bool) or (truncated and (not gaussian or k == 0)):
-        raise ValueError(f"Stage {stage.name!r}: `truncated=True` needs a Gaussian-augmented upsampler after "
-                         f"another stage. Received: truncated={truncated!r}")
-    if truncated and level:
-        _check_truncation(stages[k - 1], sampling[k - 1], stage, level)
-
-
-def _check_truncation(before, before_settings, stage, level):
-    """Truncation feeds the previous stage's z_s: its process must be the augmentation's."""
-    aug = stage.augmentation
-    reference = GaussianDiffusion(aug.num_timesteps, aug.schedule).betas
-    if before.diffusion.conditioning != "timestep" or before.diffusion.num_timesteps != aug.num_timesteps \
-            or not np.allclose(before.diffusion.betas, reference):
-        raise ValueError(
-            f"Truncated augmentation of stage {stage.name!r} needs stage {before.name!r} to use the "
-            f"augmentation's process ({aug.num_timesteps} steps, {aug.schedule!r}); use truncated=False."
-        )
-    kept = before.inference_diffusion(before_settings["num_steps"]).timestep_map
-    if level - 1 not in set(kept.tolist()):
-        near = kept[np.argsort(np.abs(kept - (level - 1)))[:3]] + 1
-        raise ValueError(
-            f"Truncated augmentation at s={level} needs stage {before.name!r} to visit step s; with "
-            f"num_steps={before_settings['num_steps']!r} it does not. Nearest levels it visits: "
-            f"{sorted(near.tolist())}. Received: augmentation_level={level}"
-        )
-

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import keras
 
+from keras_cdm.version import __version__
+
 CONFIG, METADATA, WEIGHTS, MODEL_CARD = "config.json", "metadata.json", "model.weights.h5", "README.md"
 HF_PREFIX = "hf://"
 CARD_PLACEHOLDER = "hf://OWNER/REPO"  # in the model card's example until `upload_preset` fills it in
-STAGE_CLASS, CASCADE_CLASS = "DiffusionModel", "CascadedDiffusionPipeline"
+STAGE_CLASS, CASCADE_CLASS, UNET_CLASS = "DiffusionModel", "CascadedDiffusionPipeline", "DiffusionUNet"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -174,14 +176,21 @@ def _read_json(path):
 def preset_kind(folder):
     """"stage" or "cascade", from the folder's `config.json`."""
     config = _read_json(Path(folder) / CONFIG)
-    names = {STAGE_CLASS: "stage", CASCADE_CLASS: "cascade"}
+    kinds = {STAGE_CLASS: "stage", CASCADE_CLASS: "cascade"}
+    return kinds[_check_class(config, tuple(kinds), Path(folder) / CONFIG)]
+
+
+def _check_class(config, allowed, where):
+    """The registered keras_cdm class a serialized `config` names, checked against
+    `allowed` before anything is deserialized (preset I/O imports no model class)."""
     name = config.get("class_name") if isinstance(config, dict) else None
-    if name not in names or config.get("registered_name") != f"keras_cdm>{name}":
+    registered = config.get("registered_name") if isinstance(config, dict) else None
+    if name not in allowed or registered != f"keras_cdm>{name}":
         raise ValueError(
-            f"{Path(folder) / CONFIG} must describe a keras_cdm {STAGE_CLASS} or {CASCADE_CLASS}. "
-            f"Received: class_name={name!r}, registered_name={config.get('registered_name')!r}"
+            f"{where} must describe a keras_cdm {' or '.join(allowed)}. "
+            f"Received: class_name={name!r}, registered_name={registered!r}"
         )
-    return names[name]
+    return name
 
 
 def read_config(folder):
@@ -200,8 +209,6 @@ def load_stage(folder, load_weights=True, label=None):
     Returns `(model, random)`: `random` is True when weights were asked for but the
     preset has none (the caller warns once for a whole cascade).
     """
-    from keras_cdm.diffusion_model import DiffusionModel
-
     folder, label = Path(folder), label or str(folder)
     if preset_kind(folder) != "stage":
         raise ValueError(f"Preset {label!r} is a cascade: load it with CascadedDiffusionPipeline.from_preset, "
@@ -212,8 +219,6 @@ def load_stage(folder, load_weights=True, label=None):
     # which `generate` would then sample with); call `compile()` to fine-tune.
     config.pop("compile_config", None)
     model = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    if not isinstance(model, DiffusionModel):
-        raise ValueError(f"Preset {label!r} does not describe a DiffusionModel. Received: {type(model).__name__}")
     expected = metadata.get("parameter_count")
     if model.unet.count_params() != expected:
         raise ValueError(
@@ -263,8 +268,6 @@ def sha256(path):
 
 
 def _versions():
-    from keras_cdm import __version__
-
     return {"keras_cdm_version": __version__, "keras_version": keras.__version__,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
@@ -449,8 +452,6 @@ def unet_from_preset(name, **overrides):
     >>> unet.count_params()
     589032067
     """
-    from keras_cdm.unet import DiffusionUNet
-
     path = builtin_preset_path(name)
     if preset_kind(path) != "stage":
         raise ValueError(f"Preset {name!r} is a cascade; name one of its stages. Received: {name!r}")
@@ -461,10 +462,9 @@ def unet_from_preset(name, **overrides):
             f"Unknown U-Net arguments {sorted(unknown)}; allowed: {sorted(config['config'])}. "
             f"Received: overrides={overrides}"
         )
+    _check_class(config, (UNET_CLASS,), f"The U-Net of preset {name!r}")
     config = {**config, "config": {**config["config"], **overrides}}
     unet = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    if not isinstance(unet, DiffusionUNet):
-        raise ValueError(f"Preset {name!r} does not describe a DiffusionUNet. Received: {type(unet).__name__}")
     expected = read_metadata(name)["parameter_count"]
     if unet.count_params() != expected and not _changes_size(overrides):
         raise ValueError(

@@ -8,14 +8,13 @@ statistics, see `keras_cdm.evaluation`), print a table like the paper's, save a
 plot, and can write the best setting into the pipeline's sampling settings.
 """
 
-import copy
 import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 
-from keras_cdm.conditioning import GaussianConditioningAugmentation
+from keras_cdm._validation import is_int
 from keras_cdm.evaluation import compute_statistics, fid
 from keras_cdm.pipeline import CascadedDiffusionPipeline
 
@@ -131,10 +130,11 @@ def search_augmentation_level(pipeline, stage, levels, evaluate, labels, seed=0,
     Returns a `SearchResult`.
     """
     k = pipeline.stage_index(stage)
-    if not isinstance(pipeline.stages[k].augmentation, GaussianConditioningAugmentation):
+    augmentation = pipeline.stages[k].augmentation
+    if augmentation is None or not augmentation.max_sampling_level:
         raise ValueError(f"Stage {pipeline.stage_names[k]!r} has no Gaussian conditioning augmentation to search. "
                          f"Received: stage={stage!r}")
-    levels = _check_levels(levels, pipeline.stages[k].augmentation.num_timesteps)
+    levels = _check_levels(levels, augmentation.max_sampling_level)
     modes = ("ground_truth",) if low_res_images is not None else _check_modes(modes, k)
     head = _head(pipeline, k)
     head.set_sampling(k, augmentation_level=0, truncated=False)  # the previous stage runs to z_0
@@ -209,12 +209,12 @@ def search_noise_schedule(pipeline, stage, num_steps, evaluate, labels, seed=0, 
 
 def _head(pipeline, k):
     """A pipeline of stages 0..k sharing the models, with its own sampling settings."""
-    return CascadedDiffusionPipeline(pipeline.stages[: k + 1], copy.deepcopy(pipeline.sampling[: k + 1]))
+    return CascadedDiffusionPipeline(pipeline.stages[: k + 1], pipeline.sampling[: k + 1])
 
 
 def _check_levels(levels, maximum):
     levels = list(levels) if isinstance(levels, (list, tuple, range, np.ndarray)) else None
-    if not levels or any(not isinstance(s, (int, np.integer)) or isinstance(s, bool) or not 0 <= s <= maximum
+    if not levels or any(not is_int(s) or not 0 <= s <= maximum
                          for s in levels):
         raise ValueError(f"`levels` must be a non-empty list of integers in [0, {maximum}]. Received: levels={levels}")
     return [int(s) for s in levels]

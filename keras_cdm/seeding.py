@@ -14,11 +14,11 @@ compilation:
   augmentation of an upsampler), so no two uses share a stream.
 """
 
-import numbers
-
 import keras
 import numpy as np
 from keras import ops
+
+from keras_cdm._validation import is_int
 
 SEED_LIMIT = 2**31
 INITIAL_NOISE_COUNTER = 0
@@ -34,7 +34,7 @@ def check_seed(seed):
     """A request seed: None draws a fresh one; else an integer in [0, 2**31)."""
     if seed is None:
         return int(np.random.randint(0, SEED_LIMIT - 1))
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+    if not is_int(seed) or not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
     return int(seed)
 
@@ -43,7 +43,7 @@ def per_example_seeds(seed, batch):
     """`seed` (None, an integer, or one seed per example) as `batch` per-example seeds."""
     if seed is None:
         seed = check_seed(None)
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT:
+    if is_int(seed) and 0 <= seed < SEED_LIMIT:
         return example_seeds(seed, range(batch))
     seeds = np.asarray(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
     if (seeds is None or seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer)

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_cdm._validation import check_positive_int
+from keras_cdm.images import to_uint8
+
 _PAD = 2
 _MIN_TILE = 64  # small samples are enlarged (nearest neighbour) so captions fit
 
@@ -58,16 +61,14 @@ def _as_uint8_rgb(images):
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"`images` must be a non-empty (N, H, W, 1 or 3) array. Received: shape={images.shape}")
     if images.dtype != np.uint8:
-        images = np.clip(np.round((images.astype("float32") + 1.0) * 127.5), 0, 255).astype("uint8")
+        images = to_uint8(images)
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
 def _check_columns(columns, count):
     if columns is None:
         return max(1, math.ceil(math.sqrt(count)))
-    if not isinstance(columns, (int, np.integer)) or isinstance(columns, bool) or columns < 1:
-        raise ValueError(f"`columns` must be a positive integer. Received: columns={columns!r}")
-    return int(columns)
+    return check_positive_int("columns", columns)
 
 
 def _names(labels, class_names, count):

@@ -29,6 +29,7 @@ import numpy as np
 
 from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, save_image_grid
 from keras_cdm.data import mnist_subset, resize_images
+from keras_cdm.images import from_uint8
 from keras_cdm.evaluation import (ClassifierFeatures, classification_accuracy_score, compute_statistics,
                                   default_cas_classifier, fid)
 from keras_cdm.search import sample_quality, search_augmentation_level, search_noise_schedule
@@ -41,7 +42,7 @@ BETA_ENDS = {4: (0.5, 0.9), 10: (0.3, 0.6, 0.9), 25: (0.1, 0.3, 0.6), 100: (0.05
 
 def real_digits(split, size):
     images, labels = mnist_subset(split)
-    return np.asarray(resize_images(images.astype("float32") / 127.5 - 1.0, size)), labels
+    return np.asarray(resize_images(from_uint8(images), size)), labels
 
 
 def domain_classifier(size, out, seed=0):

@@ -5,6 +5,7 @@ from PIL import Image
 from keras_cdm import (DiffusionModel, DiffusionUNet, GaussianConditioningAugmentation, GaussianDiffusion,
                        image_grid)
 from keras_cdm.callbacks import SampleGrid
+from keras_cdm.images import from_uint8, to_uint8
 
 SMALL = dict(base_channels=8, channel_multipliers=(1,), num_res_blocks=1, attention_resolutions=(), num_groups=4,
              num_classes=2, image_channels=1)
@@ -50,9 +51,8 @@ def test_upsampler_grid_shows_low_res_inputs_above_samples(tmp_path):
                       augmentation_level=3)
     model.fit(_data(16), epochs=1, batch_size=4, verbose=0, callbacks=[grid])
     samples = model.generate(labels=[0, 1, 0, 1], seed=0, num_steps=2, augmentation_level=3,
-                             low_res_images=low.astype("float32") / 127.5 - 1)
+                             low_res_images=from_uint8(low))
     enlarged = np.repeat(np.repeat(low, 2, axis=1), 2, axis=2)
-    from keras_cdm.pipeline import to_uint8
 
     rows = np.concatenate([enlarged[:2], to_uint8(samples[:2]), enlarged[2:], to_uint8(samples[2:])])
     expected = image_grid(rows, labels=[0, 1, 0, 1, 0, 1, 0, 1], columns=2)

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from keras_cdm import BlurConditioningAugmentation, GaussianConditioningAugmentation
-from tests.diffusion_test import cosine_betas
-from tests.testing import assert_config_round_trip, to_numpy
+from keras_cdm.testing import assert_config_round_trip, cosine_betas, to_numpy
 
 RNG = np.random.default_rng(11)
 Z0 = RNG.uniform(-1, 1, (6, 8, 8, 3)).astype("float32")

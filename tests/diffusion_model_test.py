@@ -11,9 +11,9 @@ from keras_cdm import (
     GaussianConditioningAugmentation,
     GaussianDiffusion,
 )
-from keras_cdm.diffusion import example_seeds, stateless_normal
-from keras_cdm.diffusion_model import _AUGMENTATION_NOISE
-from tests.testing import mnist_digits, randomize_weights, to_numpy
+from keras_cdm.seeding import example_seeds, stateless_normal
+from keras_cdm.seeding import AUGMENTATION_NOISE_COUNTER
+from keras_cdm.testing import mnist_digits, randomize_weights, to_numpy
 
 TINY = dict(base_channels=16, channel_multipliers=(1, 2), num_res_blocks=1, attention_resolutions=(),
             num_classes=10, num_groups=8, image_channels=1)
@@ -144,7 +144,7 @@ def test_truncated_and_non_truncated_conditioning():
     non_truncated = model.generate(labels=[0, 1], seed=0, low_res_images=low, augmentation_level=4)
     # Non-truncated = re-noise z_0 to s with the seed, then condition on it: the same as passing that z_s
     # in truncated mode.
-    noise = stateless_normal(low.shape, example_seeds(0, range(2)), _AUGMENTATION_NOISE)
+    noise = stateless_normal(low.shape, example_seeds(0, range(2)), AUGMENTATION_NOISE_COUNTER)
     z_s = to_numpy(model.augmentation.augment(low, np.full(2, 4), noise))
     truncated = model.generate(labels=[0, 1], seed=0, low_res_images=z_s, augmentation_level=4, truncated=True)
     np.testing.assert_allclose(truncated, non_truncated, atol=1e-5)
@@ -196,10 +196,10 @@ def test_continuous_noise_stage_with_blur_trains_and_samples():
     assert out.shape == (4, 16, 16, 1)
     # An inference schedule of its own (section 4.4): linear, 25 steps, Improved DDPM's 1000/T scaling.
     schedule = {"schedule": "linear", "num_timesteps": 25}
-    inference = model.inference_diffusion(noise_schedule=schedule)
+    inference = model.sampling_plan(noise_schedule=schedule).process
     expected = np.sqrt(np.cumprod(1 - np.linspace(1e-4 * 40, 0.02 * 40, 25)))
     np.testing.assert_allclose(inference.sqrt_alphas_cumprod, expected, rtol=1e-12)
-    assert inference.conditioning == "noise_level" and model.inference_diffusion(num_steps=4).num_timesteps == 4
+    assert inference.conditioning == "noise_level" and model.sampling_plan(num_steps=4).process.num_timesteps == 4
     custom = model.generate(labels=np.arange(4), seed=0, low_res_images=low, noise_schedule=schedule)
     same = model.generate(labels=np.arange(4), seed=0, low_res_images=low,
                           noise_schedule=GaussianDiffusion(25, "linear", conditioning="noise_level"))
@@ -208,11 +208,11 @@ def test_continuous_noise_stage_with_blur_trains_and_samples():
     with pytest.raises(ValueError, match="dict with keys among"):
         model.generate(labels=[0], seed=0, low_res_images=low[:1], noise_schedule={"steps": 10})
     # An inference schedule may switch between the fixed variances (fixed_small: posterior variances).
-    large = model.inference_diffusion(noise_schedule={**schedule, "variance": "fixed_large"})
+    large = model.sampling_plan(noise_schedule={**schedule, "variance": "fixed_large"}).process
     assert large.variance == "fixed_large" and model.diffusion.variance == "fixed_small"
     np.testing.assert_allclose(large.sqrt_alphas_cumprod, expected, rtol=1e-12)
     with pytest.raises(ValueError, match="may switch only between the fixed variances"):
-        model.inference_diffusion(noise_schedule={**schedule, "variance": "learned_range"})
+        model.sampling_plan(noise_schedule={**schedule, "variance": "learned_range"}).process
 
 
 # Bad input -------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def test_continuous_noise_stage_with_blur_trains_and_samples():
          "`images` must have shape (batch, 8, 8, 1) for this stage. Received: images.shape=(4, 16, 16, 1)"),
         ({"images": np.zeros((4, 8, 8, 3)), "labels": np.zeros(4)}, "Received: images.shape=(4, 8, 8, 3)"),
         ({"images": np.zeros((4, 8, 8, 1)), "labels": np.array([0, 3, 10, -1])},
-         "Labels must be integers in [0, 10). Received: labels outside it: [10, -1]"),
+         "`labels` must be a non-empty list of integers in [0, 10). Received: labels outside it: [10, -1]"),
         ({"images": np.zeros((4, 8, 8, 1))}, "This stage is class-conditional: batches need 'labels'"),
         (np.zeros((4, 8, 8, 1)), "Batches must be dicts with 'images' (and 'labels'). Received: ndarray"),
     ],
@@ -243,11 +243,11 @@ def test_fit_rejects_bad_data_before_any_compute(data, message):
     "kwargs,message",
     [
         ({"labels": None}, "This stage is class-conditional: pass `labels`"),
-        ({"labels": [0, 12]}, "Labels must be integers in [0, 10). Received: labels outside it: [12]"),
+        ({"labels": [0, 12]}, "`labels` must be a non-empty list of integers in [0, 10). Received: labels outside it: [12]"),
         ({"labels": [0], "low_res_images": np.zeros((1, 4, 4, 1))},
-         "`low_res_images` must have shape (batch, 8, 8, 1) for this stage. Received: low_res_images.shape=(1, 4, 4, 1)"),
+         "`low_res_images` must have shape (1, 8, 8, 1) for this stage. Received: low_res_images.shape=(1, 4, 4, 1)"),
         ({"labels": [0]}, "`low_res_images` is required for a super-resolution stage"),
-        ({"labels": [0, 1], "low_res_images": np.zeros((1, 8, 8, 1))}, "`low_res_images` must hold 2 images"),
+        ({"labels": [0, 1], "low_res_images": np.zeros((1, 8, 8, 1))}, "`low_res_images` must have shape (2, 8, 8, 1) for this stage. Received: low_res_images.shape=(1, 8, 8, 1)"),
         ({"labels": [0], "low_res_images": np.zeros((1, 8, 8, 1)), "augmentation_level": 21},
          "`augmentation_level` must be an integer in [0, 20]. Received: augmentation_level=21"),
         ({"labels": [0], "low_res_images": np.zeros((1, 8, 8, 1)), "stop_step": 20},

@@ -7,68 +7,10 @@ from keras import ops
 
 from keras_cdm import GaussianDiffusion
 from keras_cdm._compile import compile_function
-from tests.testing import gradient, to_numpy
+from keras_cdm.testing import REFERENCE_BETAS, Reference, cosine_betas, gradient, to_numpy
 
 RNG = np.random.default_rng(7)
 SHAPE = (3, 4, 4, 2)
-
-
-class Reference:
-    """Improved DDPM's buffers and formulas, re-derived in float64 numpy."""
-
-    def __init__(self, betas):
-        self.betas = np.asarray(betas, np.float64)
-        a = 1.0 - self.betas
-        self.ac = np.cumprod(a)
-        self.ac_prev = np.concatenate([[1.0], self.ac[:-1]])
-        self.post_var = self.betas * (1 - self.ac_prev) / (1 - self.ac)
-        self.post_logvar = np.log(np.concatenate([[self.post_var[1]], self.post_var[1:]]))
-        self.coef1 = self.betas * np.sqrt(self.ac_prev) / (1 - self.ac)
-        self.coef2 = (1 - self.ac_prev) * np.sqrt(a) / (1 - self.ac)
-
-    def b(self, buf, t):
-        return buf[t][:, None, None, None]
-
-    def p_mean_variance(self, out, x, t, clip):
-        eps, v = np.split(out, 2, axis=-1)
-        frac = (v + 1) / 2
-        logvar = frac * self.b(np.log(self.betas), t) + (1 - frac) * self.b(self.post_logvar, t)
-        x0 = x / np.sqrt(self.b(self.ac, t)) - np.sqrt(1 / self.b(self.ac, t) - 1) * eps
-        if clip:
-            x0 = np.clip(x0, -1, 1)
-        mean = self.b(self.coef1, t) * x0 + self.b(self.coef2, t) * x
-        return mean, np.exp(logvar), logvar, x0
-
-    def losses(self, out, x0, t, noise):
-        T = len(self.betas)
-        x = np.sqrt(self.b(self.ac, t)) * x0 + np.sqrt(1 - self.b(self.ac, t)) * noise
-        mse = ((noise - out[..., : x0.shape[-1]]) ** 2).reshape(len(t), -1).mean(-1)
-        mean, _, logvar, _ = self.p_mean_variance(out, x, t, clip=False)
-        true_mean = self.b(self.coef1, t) * x0 + self.b(self.coef2, t) * x
-        true_logvar = self.b(self.post_logvar, t)
-        kl = 0.5 * (-1 + logvar - true_logvar + np.exp(true_logvar - logvar) + (true_mean - mean) ** 2 * np.exp(-logvar))
-        cdf = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))  # noqa: E731
-        inv = np.exp(-0.5 * logvar)
-        plus, minus = cdf(inv * (x0 - mean + 1 / 255)), cdf(inv * (x0 - mean - 1 / 255))
-        logp = np.where(x0 < -0.999, np.log(np.maximum(plus, 1e-12)),
-                        np.where(x0 > 0.999, np.log(np.maximum(1 - minus, 1e-12)),
-                                 np.log(np.maximum(plus - minus, 1e-12))))
-        flat = lambda z: z.reshape(len(t), -1).mean(-1) / np.log(2)  # noqa: E731
-        vb = np.where(t == 0, -flat(logp), flat(kl)) * T / 1000
-        return {"mse": mse, "vb": vb, "loss": mse + vb}
-
-
-def cosine_betas(T):
-    f = lambda t: np.cos((t / T + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
-    return np.minimum(1 - f(np.arange(1, T + 1)) / f(np.arange(T)), 0.999)
-
-
-REFERENCE_BETAS = {
-    ("cosine", 4000): cosine_betas(4000),
-    ("cosine", 1000): cosine_betas(1000),
-    ("linear", 2000): np.linspace(0.5e-4, 0.5 * 0.02, 2000),
-    ("linear", 1000): np.linspace(1e-4, 0.02, 1000),
-}
 
 
 @pytest.mark.parametrize("schedule,T", sorted(REFERENCE_BETAS))

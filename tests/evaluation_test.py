@@ -8,12 +8,12 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from testing import mnist_digits, to_numpy
 
 from keras_cdm import evaluation
 from keras_cdm.evaluation import (ClassifierFeatures, FeatureStatistics, InceptionScore, InceptionV3Features,
                                   classification_accuracy_score, compute_statistics, default_cas_classifier, fid,
                                   frechet_distance, inception_score)
+from keras_cdm.testing import mnist_digits, to_numpy
 
 neutral = pytest.mark.backend_neutral
 

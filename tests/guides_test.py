@@ -2,7 +2,7 @@
 
 Each guide runs as its own process (with KERAS_BACKEND=tensorflow, whatever backend the
 pytest pass uses), so these tests are marked `guides` and run once, in the JAX pass of
-`make test` (the lighter one). The Hub guide talks to a loopback Hub (tests/hub_server.py).
+`make test` (the lighter one). The Hub guide talks to a loopback Hub (keras_cdm/testing/hub_server.py).
 """
 
 import ast
@@ -14,13 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.hub_server import HubServer
+from keras_cdm.testing.hub_server import HubServer
+from scripts import render_guides as render
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "guides"))
-
-import render  # noqa: E402
-
 pytestmark = pytest.mark.guides
 
 EXPECTED = {
@@ -87,7 +84,7 @@ def test_guide_runs_end_to_end_in_fast_mode(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(GUIDES))
 def test_rendered_guide_is_committed_with_its_figures(name):
     markdown = RENDERED / f"{name}.md"
-    assert markdown.is_file(), f"run `python guides/render.py {name}`"
+    assert markdown.is_file(), f"run `python scripts/render_guides.py {name}`"
     text = markdown.read_text()
     header, cells = render.parse(GUIDES[name])
     assert text.startswith(f"# {header['Title']}")

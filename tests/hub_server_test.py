@@ -1,4 +1,4 @@
-"""The loopback Hub of tests/hub_server.py, driven end to end by the real huggingface_hub client."""
+"""The loopback Hub of keras_cdm/testing/hub_server.py, driven end to end by the real huggingface_hub client."""
 
 import random
 import re
@@ -15,7 +15,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.hub_server import HubServer
+from keras_cdm.testing.hub_server import HubServer
 
 pytestmark = pytest.mark.backend_neutral
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_cdm import losses
-from tests.testing import to_numpy
+from keras_cdm.testing import to_numpy
 
 RNG = np.random.default_rng(3)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_cdm import CascadedDiffusionPipeline, presets
+from keras_cdm.images import from_uint8
 
 ROOT = Path(presets.builtin_presets_dir()) / "cdm_mnist32"
 
@@ -66,8 +67,8 @@ def test_grid_digits_are_recognised_as_their_class(pipeline):
     keras.utils.set_random_seed(0)
     classifier = default_cas_classifier((32, 32, 1), 10)
     classifier.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    classifier.fit(np.asarray(resize_images(images / 127.5 - 1.0, 32)), labels, epochs=8, batch_size=64, verbose=0)
+    classifier.fit(np.asarray(resize_images(from_uint8(images), 32)), labels, epochs=8, batch_size=64, verbose=0)
     wanted = np.repeat(np.arange(10), 10)
     samples = pipeline.generate(labels=wanted, seed=0, batch_size=100, verbose=False)
-    predicted = np.argmax(classifier.predict(samples.astype("float32") / 127.5 - 1.0, verbose=0), axis=1)
+    predicted = np.argmax(classifier.predict(from_uint8(samples), verbose=0), axis=1)
     assert (predicted == wanted).mean() >= 0.8

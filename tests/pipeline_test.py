@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, DiffusionUNet, GaussianDiffusion
-from keras_cdm.diffusion import example_seeds
-from keras_cdm.pipeline import from_uint8, to_uint8
-from tests.testing import tiny_cascade
+from keras_cdm.images import from_uint8, to_uint8
+from keras_cdm.seeding import example_seeds
+from keras_cdm.testing import tiny_cascade
 
 LABELS = [0, 2, 1, 2]
 
@@ -51,7 +51,7 @@ def test_truncation_stops_the_previous_stage_at_s(cascade, sampled):
     # Respaced base process: s = 3 needs original step 2 to be kept.
     cascade.set_sampling("base", num_steps=5)
     try:
-        kept = cascade.stages[0].inference_diffusion(5).timestep_map
+        kept = cascade.stages[0].sampling_plan(num_steps=5).process.timestep_map
         assert cascade.truncation_step(0) == int(np.flatnonzero(kept == 2)[0])
         with pytest.raises(ValueError, match=r"needs stage 'base' to visit step s; .* Nearest levels it visits"):
             cascade.set_sampling("sr16", augmentation_level=2)
@@ -81,7 +81,7 @@ def test_uint8_conversions_round_trip():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"labels": [0, 3]}, r"`labels` must be a non-empty list of integers in \[0, 3\). Received: labels=\[0, 3\]"),
+        ({"labels": [0, 3]}, r"`labels` must be a non-empty list of integers in \[0, 3\). Received: labels outside it: \[3\]"),
         ({"labels": None}, "This cascade is class-conditional: pass `labels`"),
         ({"labels": [0], "batch_size": 0}, "`batch_size` must be a positive integer. Received: batch_size=0"),
         ({"labels": [0], "seed": -1}, r"`seed` must be None or an integer in \[0, 2\*\*31\)"),

@@ -1,5 +1,5 @@
 """Presets on the Hugging Face Hub: upload -> download -> from_preset with the real
-huggingface_hub client, against the loopback Hub of tests/hub_server.py."""
+huggingface_hub client, against the loopback Hub of keras_cdm/testing/hub_server.py."""
 
 import time
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 
 from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, upload_preset
 from keras_cdm.presets import parse_hf_handle
-from tests.hub_server import HubServer
-from tests.testing import tiny_cascade
+from keras_cdm.testing import tiny_cascade
+from keras_cdm.testing.hub_server import HubServer
 
 # Backend-independent logic (the pipeline itself is tested on both backends): run once.
 pytestmark = pytest.mark.backend_neutral

@@ -8,7 +8,7 @@ import pytest
 
 from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, presets
 from keras_cdm.unet import DiffusionUNet
-from tests.testing import tiny_cascade
+from keras_cdm.testing import tiny_cascade
 
 PAPER_COUNTS = {
     "cdm_imagenet32_base": 792_251_910,

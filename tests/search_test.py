@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from keras_cdm.search import search_augmentation_level, search_noise_schedule
-from tests.testing import tiny_cascade
+from keras_cdm.testing import tiny_cascade
 
 # Backend-independent logic (the pipeline itself is tested on both backends): run once.
 pytestmark = pytest.mark.backend_neutral

@@ -1,8 +1,8 @@
 """Renders the keras-io-format guides to Markdown (with their figures) and notebooks.
 
-    python guides/render.py                      # every guide, full mode
-    python guides/render.py getting_started --fast
-    python guides/render.py --out /tmp/rendered
+    python scripts/render_guides.py                      # every guide, full mode
+    python scripts/render_guides.py getting_started --fast
+    python scripts/render_guides.py --out /tmp/rendered
 
 Each guide runs in a fresh Python process, cell by cell (a cell is the code between two
 top-level markdown strings), in the output folder, so the PNGs it writes land next to the
@@ -25,13 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-GUIDES = Path(__file__).resolve().parent
+GUIDES = Path(__file__).resolve().parent.parent / "guides"
 HEADER_FIELDS = ("Title", "Author", "Date created", "Last modified", "Description", "Accelerator")
 MAX_OUTPUT_LINES = 40
 
 
 def guide_paths():
-    return sorted(p for p in GUIDES.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
+    return sorted(p for p in GUIDES.glob("*.py") if not p.name.startswith("_"))
 
 
 def parse(path):
@@ -118,7 +118,7 @@ def to_markdown(header, cells, mode, seconds):
              f"**Last modified:** {header['Last modified']}<br>",
              f"**Description:** {header['Description']}<br>",
              f"**Accelerator:** {header['Accelerator']}", "",
-             f"*Rendered by `python guides/render.py` in {mode} mode on {_machine()}, "
+             f"*Rendered by `python scripts/render_guides.py` in {mode} mode on {_machine()}, "
              f"{seconds:.0f} s end to end.*", ""]
     for cell in cells:
         if cell["kind"] == "markdown":
@@ -182,7 +182,7 @@ def main(argv=None):
     parser.add_argument("--fast", action="store_true", help="run the guides in fast mode")
     parser.add_argument("--out", default=str(GUIDES / "rendered"))
     parser.add_argument("--loopback-hub", action="store_true",
-                        help="run against the tests' loopback Hub (tests/hub_server.py) instead of "
+                        help="run against a loopback Hub (keras_cdm.testing.hub_server) instead of "
                              "huggingface.co: the Hub guide then uploads without a token or network")
     parser.add_argument("--execute", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -199,8 +199,7 @@ def main(argv=None):
         if args.loopback_hub:
             import tempfile
 
-            sys.path.insert(0, str(GUIDES.parent))
-            from tests.hub_server import HubServer
+            from keras_cdm.testing.hub_server import HubServer
 
             server = stack.enter_context(HubServer())
             overrides = {"HF_ENDPOINT": server.endpoint, "HF_TOKEN": "loopback", "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -1,9 +1,17 @@
-"""Test helpers: float64 numpy references and round-trip checks."""
+"""Shared helpers of the tests, benchmarks and tools: float64 numpy references, round-trip
+checks, a tiny cascade, and (in `keras_cdm.testing.hub_server`) a loopback Hugging Face Hub.
+
+Not imported by `keras_cdm` itself. Importing this module is cheap: heavy dependencies
+(TensorFlow, JAX, mlxtend) and keras_cdm's own modules are imported inside the helpers
+that need them.
+"""
 
 import json
 
 import keras
 import numpy as np
+
+from keras_cdm.images import uint8_to_unit
 
 
 def to_numpy(x):
@@ -43,6 +51,67 @@ def sinusoid(values, dim, max_period=10000.0):
     args = np.asarray(values, np.float64)[:, None] * freqs[None]
     out = np.concatenate([np.cos(args), np.sin(args)], axis=-1)
     return np.pad(out, [(0, 0), (0, dim % 2)])
+
+
+# The float64 reference diffusion of tests/diffusion_test.py and benchmarks/diffusion_accuracy.py.
+class Reference:
+    """Improved DDPM's buffers and formulas, re-derived in float64 numpy."""
+
+    def __init__(self, betas):
+        self.betas = np.asarray(betas, np.float64)
+        a = 1.0 - self.betas
+        self.ac = np.cumprod(a)
+        self.ac_prev = np.concatenate([[1.0], self.ac[:-1]])
+        self.post_var = self.betas * (1 - self.ac_prev) / (1 - self.ac)
+        self.post_logvar = np.log(np.concatenate([[self.post_var[1]], self.post_var[1:]]))
+        self.coef1 = self.betas * np.sqrt(self.ac_prev) / (1 - self.ac)
+        self.coef2 = (1 - self.ac_prev) * np.sqrt(a) / (1 - self.ac)
+
+    def b(self, buf, t):
+        return buf[t][:, None, None, None]
+
+    def p_mean_variance(self, out, x, t, clip):
+        eps, v = np.split(out, 2, axis=-1)
+        frac = (v + 1) / 2
+        logvar = frac * self.b(np.log(self.betas), t) + (1 - frac) * self.b(self.post_logvar, t)
+        x0 = x / np.sqrt(self.b(self.ac, t)) - np.sqrt(1 / self.b(self.ac, t) - 1) * eps
+        if clip:
+            x0 = np.clip(x0, -1, 1)
+        mean = self.b(self.coef1, t) * x0 + self.b(self.coef2, t) * x
+        return mean, np.exp(logvar), logvar, x0
+
+    def losses(self, out, x0, t, noise):
+        T = len(self.betas)
+        x = np.sqrt(self.b(self.ac, t)) * x0 + np.sqrt(1 - self.b(self.ac, t)) * noise
+        mse = ((noise - out[..., : x0.shape[-1]]) ** 2).reshape(len(t), -1).mean(-1)
+        mean, _, logvar, _ = self.p_mean_variance(out, x, t, clip=False)
+        true_mean = self.b(self.coef1, t) * x0 + self.b(self.coef2, t) * x
+        true_logvar = self.b(self.post_logvar, t)
+        kl = 0.5 * (-1 + logvar - true_logvar + np.exp(true_logvar - logvar) + (true_mean - mean) ** 2 * np.exp(-logvar))
+        cdf = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))  # noqa: E731
+        inv = np.exp(-0.5 * logvar)
+        plus, minus = cdf(inv * (x0 - mean + 1 / 255)), cdf(inv * (x0 - mean - 1 / 255))
+        logp = np.where(x0 < -0.999, np.log(np.maximum(plus, 1e-12)),
+                        np.where(x0 > 0.999, np.log(np.maximum(1 - minus, 1e-12)),
+                                 np.log(np.maximum(plus - minus, 1e-12))))
+        flat = lambda z: z.reshape(len(t), -1).mean(-1) / np.log(2)  # noqa: E731
+        vb = np.where(t == 0, -flat(logp), flat(kl)) * T / 1000
+        return {"mse": mse, "vb": vb, "loss": mse + vb}
+
+
+def cosine_betas(T):
+    """The cosine schedule's betas (Improved DDPM, eq. 17), clipped at 0.999, in float64."""
+    f = lambda t: np.cos((t / T + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+    return np.minimum(1 - f(np.arange(1, T + 1)) / f(np.arange(T)), 0.999)
+
+
+# (schedule, num_timesteps) -> betas, derived independently of keras_cdm.schedules.
+REFERENCE_BETAS = {
+    ("cosine", 4000): cosine_betas(4000),
+    ("cosine", 1000): cosine_betas(1000),
+    ("linear", 2000): np.linspace(0.5e-4, 0.5 * 0.02, 2000),
+    ("linear", 1000): np.linspace(1e-4, 0.02, 1000),
+}
 
 
 def randomize_weights(model, seed=0, scale=0.2):
@@ -88,7 +157,7 @@ def mnist_digits(per_class=1, size=8, classes=range(10)):
 
     images, labels = mnist_data()
     index = [i for c in classes for i in np.flatnonzero(labels == c)[:per_class]]
-    digits = images[index].reshape(-1, 28, 28, 1) / 127.5 - 1.0
+    digits = uint8_to_unit(images[index].reshape(-1, 28, 28, 1))
     digits = np.pad(digits, [(0, 0), (2, 2), (2, 2), (0, 0)], constant_values=-1.0).astype("float32")
     resized = keras.ops.image.resize(digits, (size, size), antialias=True)
     return np.clip(to_numpy(resized), -1.0, 1.0), labels[index].astype("int32")
@@ -98,8 +167,11 @@ def tiny_cascade(num_classes=3):
     """An 8 -> 16 -> 32 grayscale cascade with random weights: a cosine base stage with
     learned variances, a Gaussian-augmented upsampler (same 10-step process, so truncation
     works) and a blur-augmented continuous-noise upsampler. Builds in about a second."""
-    from keras_cdm import (BlurConditioningAugmentation, CascadedDiffusionPipeline, DiffusionModel, DiffusionUNet,
-                           GaussianConditioningAugmentation, GaussianDiffusion)
+    from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
+    from keras_cdm.diffusion import GaussianDiffusion
+    from keras_cdm.diffusion_model import DiffusionModel
+    from keras_cdm.pipeline import CascadedDiffusionPipeline
+    from keras_cdm.unet import DiffusionUNet
 
     tiny = dict(base_channels=8, channel_multipliers=(1,), num_res_blocks=1, attention_resolutions=(),
                 num_groups=4, image_channels=1, num_classes=num_classes)
