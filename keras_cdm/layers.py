@@ -22,10 +22,9 @@ class GroupNormalization(keras.layers.GroupNormalization):
 
     Keras normalises a `(batch, ..., groups, channels // groups)` view with
     reductions over non-adjacent axes and 5-D broadcasts, which TensorFlow runs
-    slowly on CPUs (15.7 ms vs 3.1 ms for a `(32, 32, 32, 64)` input with 32
-    groups, 2 cores). With the channels last, this reduces over the spatial axes
-    only (per-channel means of x and x**2, in float32), pools them by group, and
-    applies one scale and shift per (example, channel):
+    much more slowly on CPUs. With the channels last, this reduces over the
+    spatial axes only (per-channel means of x and x**2, in float32), pools them
+    by group, and applies one scale and shift per (example, channel):
     `y = x * s + (beta - mean * s)`, `s = gamma / sqrt(var + epsilon)`. The
     variance is `E[x**2] - E[x]**2` in float32 (as in fused GPU group-norm
     kernels): relative error about `1e-7 * (1 + mean**2 / var)`, ample for
@@ -85,8 +84,8 @@ class GroupNormalization(keras.layers.GroupNormalization):
 
 def _sum_of_squares(x):
     """`sum(x**2)` over the spatial axes of a channels-last `x`, without writing
-    `x**2` out: TensorFlow's `reduce_euclidean_norm` makes one pass (0.9 vs 1.5 ms
-    for `(32, 32, 32, 64)` on 2 CPU cores). Its own gradient divides by the norm
+    `x**2` out: TensorFlow's `reduce_euclidean_norm` makes one pass, faster on
+    CPUs than squaring and then summing. Its own gradient divides by the norm
     (NaN where a slice is all zeros), so the gradient, `2 * x * upstream`, is
     given here. XLA (JAX) fuses the square into the reduction by itself."""
     spatial = tuple(range(1, len(x.shape) - 1))
@@ -454,9 +453,9 @@ class AttentionBlock(keras.layers.Layer):
     zero so the block is the identity at initialisation. The block applies them
     with plain matrix products on `(batch * positions, channels)` and
     `(batch, heads, positions, head_dim)` tensors instead of calling the layer
-    (whose `einsum`s TensorFlow runs slowly on CPUs: 1.3x faster forward and
-    backward at 16x16 with 128 channels and 4 heads, float32 and bfloat16);
-    the result is the same attention, to rounding.
+    (whose `einsum`s TensorFlow runs slowly on CPUs: the matrix products are
+    faster, forward and backward, in float32 and bfloat16); the result is the
+    same attention, to rounding.
 
     Args:
         num_heads: attention heads; must divide the channels.

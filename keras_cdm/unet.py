@@ -11,14 +11,14 @@ from keras import ops
 
 from keras_cdm import layers as cdm_layers
 from keras_cdm._validation import (
+    check_bool,
     check_choice,
     check_int_tuple,
     check_positive_int,
     check_range,
 )
-
-CONDITIONINGS = ("timestep", "noise_level")
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+from keras_cdm.images import INTERPOLATIONS
+from keras_cdm.schedules import CONDITIONINGS
 
 
 @keras.saving.register_keras_serializable(package="keras_cdm")
@@ -108,58 +108,120 @@ class DiffusionUNet(keras.Model):
         dtype=None,
         **kwargs,
     ):
-        args = dict(
-            image_size=check_positive_int("image_size", image_size),
-            base_channels=check_positive_int("base_channels", base_channels),
-            channel_multipliers=check_int_tuple("channel_multipliers", channel_multipliers),
-            num_res_blocks=check_positive_int("num_res_blocks", num_res_blocks),
-            attention_resolutions=check_int_tuple(
-                "attention_resolutions", attention_resolutions, allow_empty=True
-            ),
-            num_heads=check_positive_int("num_heads", num_heads),
-            dropout=check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False),
-            num_classes=None if num_classes is None else check_positive_int("num_classes", num_classes),
-            learned_variance=bool(learned_variance),
-            image_channels=check_positive_int("image_channels", image_channels),
-            low_res_size=None if low_res_size is None else check_positive_int("low_res_size", low_res_size),
-            low_res_interpolation=check_choice(
-                "low_res_interpolation", low_res_interpolation, INTERPOLATIONS
-            ),
-            augmentation_level_embedding=bool(augmentation_level_embedding),
-            conditioning=check_choice("conditioning", conditioning, CONDITIONINGS),
-            noise_level_scale=float(noise_level_scale),
-            use_scale_shift_norm=bool(use_scale_shift_norm),
-            resblock_updown=bool(resblock_updown),
-            conv_resample=bool(conv_resample),
-            num_groups=check_positive_int("num_groups", num_groups),
-            dtype=_check_dtype(dtype),
+        # === Arguments ===
+        image_size = check_positive_int("image_size", image_size)
+        base_channels = check_positive_int("base_channels", base_channels)
+        channel_multipliers = check_int_tuple("channel_multipliers", channel_multipliers)
+        num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
+        attention_resolutions = check_int_tuple(
+            "attention_resolutions", attention_resolutions, allow_empty=True
         )
-        _check_architecture(args)
-        inputs, outputs = _build_graph(args)
+        num_heads = check_positive_int("num_heads", num_heads)
+        dropout = check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        if num_classes is not None:
+            num_classes = check_positive_int("num_classes", num_classes)
+        learned_variance = check_bool("learned_variance", learned_variance)
+        image_channels = check_positive_int("image_channels", image_channels)
+        if low_res_size is not None:
+            low_res_size = check_positive_int("low_res_size", low_res_size)
+        low_res_interpolation = check_choice("low_res_interpolation", low_res_interpolation, INTERPOLATIONS)
+        augmentation_level_embedding = check_bool(
+            "augmentation_level_embedding", augmentation_level_embedding
+        )
+        conditioning = check_choice("conditioning", conditioning, CONDITIONINGS)
+        noise_level_scale = float(noise_level_scale)
+        use_scale_shift_norm = check_bool("use_scale_shift_norm", use_scale_shift_norm)
+        resblock_updown = check_bool("resblock_updown", resblock_updown)
+        conv_resample = check_bool("conv_resample", conv_resample)
+        num_groups = check_positive_int("num_groups", num_groups)
+        dtype = _check_dtype(dtype)
+
+        # === Functional model ===
+        # The validated arguments, read by the graph builders below the class.
+        config = dict(
+            image_size=image_size,
+            base_channels=base_channels,
+            channel_multipliers=channel_multipliers,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions,
+            num_heads=num_heads,
+            dropout=dropout,
+            num_classes=num_classes,
+            learned_variance=learned_variance,
+            image_channels=image_channels,
+            low_res_size=low_res_size,
+            low_res_interpolation=low_res_interpolation,
+            augmentation_level_embedding=augmentation_level_embedding,
+            conditioning=conditioning,
+            noise_level_scale=noise_level_scale,
+            use_scale_shift_norm=use_scale_shift_norm,
+            resblock_updown=resblock_updown,
+            conv_resample=conv_resample,
+            num_groups=num_groups,
+            dtype=dtype,
+        )
+        _check_architecture(config)
+        inputs, outputs = _build_graph(config)
         super().__init__(inputs=inputs, outputs=outputs, name=kwargs.pop("name", "diffusion_unet"), **kwargs)
-        self._unet_args = args
-        # Constructor arguments read as attributes: `unet.image_size`, ...
-        for key, value in args.items():
-            if key != "dtype":
-                setattr(self, key, value)
+
+        # === Config ===
+        self.image_size = image_size
+        self.base_channels = base_channels
+        self.channel_multipliers = channel_multipliers
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = attention_resolutions
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.num_classes = num_classes
+        self.learned_variance = learned_variance
+        self.image_channels = image_channels
+        self.low_res_size = low_res_size
+        self.low_res_interpolation = low_res_interpolation
+        self.augmentation_level_embedding = augmentation_level_embedding
+        self.conditioning = conditioning
+        self.noise_level_scale = noise_level_scale
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.resblock_updown = resblock_updown
+        self.conv_resample = conv_resample
+        self.num_groups = num_groups
+        # The dtype policy of every layer, as given. Not `self.dtype`: that is
+        # the read-only dtype of the model's own variables in Keras.
+        self._layer_dtype = dtype
 
     @property
     def conditioning_key(self):
         """Name of the input carrying t or the noise level."""
-        return "timesteps" if self.conditioning == "timestep" else "noise_levels"
+        return _conditioning_key(self.conditioning)
 
     def call(self, inputs, training=None, mask=None):
         _check_inputs(self, inputs)
         return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable}
-        config.update(self._unet_args)
-        for key in ("channel_multipliers", "attention_resolutions"):
-            config[key] = list(config[key])
-        if config["dtype"] is not None and not isinstance(config["dtype"], str):
-            config["dtype"] = keras.dtype_policies.serialize(keras.dtype_policies.get(config["dtype"]))
-        return config
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "image_size": self.image_size,
+            "base_channels": self.base_channels,
+            "channel_multipliers": list(self.channel_multipliers),
+            "num_res_blocks": self.num_res_blocks,
+            "attention_resolutions": list(self.attention_resolutions),
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+            "num_classes": self.num_classes,
+            "learned_variance": self.learned_variance,
+            "image_channels": self.image_channels,
+            "low_res_size": self.low_res_size,
+            "low_res_interpolation": self.low_res_interpolation,
+            "augmentation_level_embedding": self.augmentation_level_embedding,
+            "conditioning": self.conditioning,
+            "noise_level_scale": self.noise_level_scale,
+            "use_scale_shift_norm": self.use_scale_shift_norm,
+            "resblock_updown": self.resblock_updown,
+            "conv_resample": self.conv_resample,
+            "num_groups": self.num_groups,
+            "dtype": _serialize_dtype(self._layer_dtype),
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -202,44 +264,56 @@ def _check_dtype(dtype):
     return dtype
 
 
-def _level_resolutions(args):
-    return [args["image_size"] // 2**level for level in range(len(args["channel_multipliers"]))]
+def _serialize_dtype(dtype):
+    """`dtype` for `get_config`: None and names as given, policies serialized."""
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    return keras.dtype_policies.serialize(keras.dtype_policies.get(dtype))
 
 
-def _check_architecture(args):
-    levels = len(args["channel_multipliers"])
-    size = args["image_size"]
+def _conditioning_key(conditioning):
+    return "timesteps" if conditioning == "timestep" else "noise_levels"
+
+
+def _level_resolutions(config):
+    """Resolution in pixels of each level, from `image_size` down."""
+    return [config["image_size"] // 2**level for level in range(len(config["channel_multipliers"]))]
+
+
+def _check_architecture(config):
+    levels = len(config["channel_multipliers"])
+    size = config["image_size"]
     if size % 2 ** (levels - 1):
         raise ValueError(
             f"`image_size` must be divisible by 2**(len(channel_multipliers) - 1) = "
             f"{2 ** (levels - 1)}. Received: image_size={size}"
         )
-    reached = _level_resolutions(args)
-    unreached = [r for r in args["attention_resolutions"] if r not in reached]
+    reached = _level_resolutions(config)
+    unreached = [r for r in config["attention_resolutions"] if r not in reached]
     if unreached:
         raise ValueError(
             f"`attention_resolutions` must be resolutions the U-Net reaches, in pixels: "
-            f"{reached}. Received: attention_resolutions={args['attention_resolutions']}"
+            f"{reached}. Received: attention_resolutions={config['attention_resolutions']}"
         )
-    channels = [args["base_channels"] * m for m in args["channel_multipliers"]]
-    attention_channels = [c for c, r in zip(channels, reached) if r in args["attention_resolutions"]]
+    channels = [config["base_channels"] * m for m in config["channel_multipliers"]]
+    attention_channels = [c for c, r in zip(channels, reached) if r in config["attention_resolutions"]]
     for c in attention_channels + [channels[-1]]:
-        if c % args["num_heads"]:
+        if c % config["num_heads"]:
             raise ValueError(
                 f"`num_heads` must divide the channels of every attention layer "
                 f"({sorted(set(attention_channels + [channels[-1]]))}). "
-                f"Received: num_heads={args['num_heads']}"
+                f"Received: num_heads={config['num_heads']}"
             )
-    for c in [args["base_channels"]] + channels:
-        if c % args["num_groups"]:
+    for c in [config["base_channels"]] + channels:
+        if c % config["num_groups"]:
             raise ValueError(
                 f"`num_groups` must divide the channels of every level "
-                f"({[args['base_channels']] + channels}). Received: num_groups={args['num_groups']}"
+                f"({[config['base_channels']] + channels}). Received: num_groups={config['num_groups']}"
             )
-    if args["low_res_size"] is not None and args["low_res_size"] > size:
+    if config["low_res_size"] is not None and config["low_res_size"] > size:
         raise ValueError(
             f"`low_res_size` must not exceed `image_size` ({size}). "
-            f"Received: low_res_size={args['low_res_size']}"
+            f"Received: low_res_size={config['low_res_size']}"
         )
 
 
@@ -259,81 +333,163 @@ def _check_inputs(unet, inputs):
             )
 
 
-def _build_graph(a):
-    """Creates the Keras inputs and the output tensor of the U-Net described by `a`."""
-    dtype, bc, groups = a["dtype"], a["base_channels"], a["num_groups"]
-    size, ch_in = a["image_size"], a["image_channels"]
-    inputs = {"noisy_images": keras.Input((size, size, ch_in), name="noisy_images")}
-    key = "timesteps" if a["conditioning"] == "timestep" else "noise_levels"
-    inputs[key] = keras.Input((), name=key)
-    scale = a["noise_level_scale"] if key == "noise_levels" else 1.0
-    emb = cdm_layers.TimestepEmbedding(bc, scale=scale, name="time_embedding", dtype=dtype)(inputs[key])
-    if a["num_classes"] is not None:
+def _build_graph(config):
+    """Creates the Keras inputs and the output tensor of the U-Net described by `config`."""
+    inputs = _build_inputs(config)
+    embedding = _build_embedding(inputs, config)
+    hidden = _build_input_images(inputs, config)
+    hidden, skips = _build_downsampling_path(hidden, embedding, config)
+    hidden = _build_middle(hidden, embedding, config)
+    hidden = _build_upsampling_path(hidden, skips, embedding, config)
+    return inputs, _build_output_head(hidden, config)
+
+
+def _build_inputs(config):
+    """The `keras.Input`s, keyed as in the model's input dict."""
+    size, channels = config["image_size"], config["image_channels"]
+    inputs = {"noisy_images": keras.Input((size, size, channels), name="noisy_images")}
+    conditioning_key = _conditioning_key(config["conditioning"])
+    inputs[conditioning_key] = keras.Input((), name=conditioning_key)
+    if config["num_classes"] is not None:
         inputs["labels"] = keras.Input((), dtype="int32", name="labels")
-        label_emb = cdm_layers.ClassEmbedding(a["num_classes"], 4 * bc, name="label_embedding", dtype=dtype)
-        emb = keras.layers.Add(name="add_label_embedding", dtype=dtype)([emb, label_emb(inputs["labels"])])
-    if a["augmentation_level_embedding"]:
+    if config["augmentation_level_embedding"]:
         inputs["augmentation_levels"] = keras.Input((), name="augmentation_levels")
-        aug = cdm_layers.TimestepEmbedding(bc, name="augmentation_level_embedding", dtype=dtype)
-        emb = keras.layers.Add(name="add_augmentation_embedding", dtype=dtype)(
-            [emb, aug(inputs["augmentation_levels"])]
+    if config["low_res_size"] is not None:
+        low_res_size = config["low_res_size"]
+        inputs["low_res_images"] = keras.Input((low_res_size, low_res_size, channels), name="low_res_images")
+    return inputs
+
+
+def _build_embedding(inputs, config):
+    """The embedding fed to every residual block: time (or noise level), plus the
+    class-label and augmentation-level embeddings when the model has them."""
+    dtype, base_channels = config["dtype"], config["base_channels"]
+    conditioning_key = _conditioning_key(config["conditioning"])
+    scale = config["noise_level_scale"] if conditioning_key == "noise_levels" else 1.0
+    embedding = cdm_layers.TimestepEmbedding(
+        base_channels, scale=scale, name="time_embedding", dtype=dtype
+    )(inputs[conditioning_key])
+    if "labels" in inputs:
+        label_embedding = cdm_layers.ClassEmbedding(
+            config["num_classes"], 4 * base_channels, name="label_embedding", dtype=dtype
+        )(inputs["labels"])
+        embedding = keras.layers.Add(name="add_label_embedding", dtype=dtype)([embedding, label_embedding])
+    if "augmentation_levels" in inputs:
+        augmentation_embedding = cdm_layers.TimestepEmbedding(
+            base_channels, name="augmentation_level_embedding", dtype=dtype
+        )(inputs["augmentation_levels"])
+        embedding = keras.layers.Add(name="add_augmentation_embedding", dtype=dtype)(
+            [embedding, augmentation_embedding]
         )
-    x = inputs["noisy_images"]
-    if a["low_res_size"] is not None:
-        low = a["low_res_size"]
-        inputs["low_res_images"] = keras.Input((low, low, ch_in), name="low_res_images")
-        resized = _Resize(size, a["low_res_interpolation"], name="low_res_resize", dtype=dtype)(
-            inputs["low_res_images"]
-        )
-        x = keras.layers.Concatenate(name="concat_low_res", dtype=dtype)([x, resized])
+    return embedding
 
-    res = lambda ch, name, resample=None: cdm_layers.ResidualBlock(  # noqa: E731
-        ch, dropout=a["dropout"], use_scale_shift_norm=a["use_scale_shift_norm"],
-        resample=resample, num_groups=groups, name=name, dtype=dtype,
-    )
-    attn = lambda name: cdm_layers.AttentionBlock(a["num_heads"], groups, name=name, dtype=dtype)  # noqa: E731
 
-    h = keras.layers.Conv2D(bc, 3, padding="same", name="input_conv", dtype=dtype)(x)
-    skips = [h]
-    resolutions = _level_resolutions(a)
-    last = len(a["channel_multipliers"]) - 1
-    for level, mult in enumerate(a["channel_multipliers"]):
-        use_attention = resolutions[level] in a["attention_resolutions"]
-        for i in range(a["num_res_blocks"]):
-            h = res(bc * mult, f"down_{level}_res_{i}")(h, emb)
+def _build_input_images(inputs, config):
+    """`noisy_images`, concatenated channel-wise with the low-resolution conditioning
+    resized to `image_size` for a super-resolution stage."""
+    images = inputs["noisy_images"]
+    if "low_res_images" not in inputs:
+        return images
+    dtype = config["dtype"]
+    resized = _Resize(
+        config["image_size"], config["low_res_interpolation"], name="low_res_resize", dtype=dtype
+    )(inputs["low_res_images"])
+    return keras.layers.Concatenate(name="concat_low_res", dtype=dtype)([images, resized])
+
+
+def _build_downsampling_path(images, embedding, config):
+    """The input convolution, then per level `num_res_blocks` residual blocks (each
+    followed by attention at `attention_resolutions`) and a downsampling, except
+    at the last level. Returns the features and every intermediate output, the
+    skip connections of the upsampling path."""
+    base_channels, dtype = config["base_channels"], config["dtype"]
+    hidden = keras.layers.Conv2D(base_channels, 3, padding="same", name="input_conv", dtype=dtype)(images)
+    skips = [hidden]
+    resolutions = _level_resolutions(config)
+    last_level = len(config["channel_multipliers"]) - 1
+    for level, multiplier in enumerate(config["channel_multipliers"]):
+        channels = base_channels * multiplier
+        use_attention = resolutions[level] in config["attention_resolutions"]
+        for i in range(config["num_res_blocks"]):
+            hidden = _residual_block(hidden, embedding, config, f"down_{level}_res_{i}", channels)
             if use_attention:
-                h = attn(f"down_{level}_attention_{i}")(h)
-            skips.append(h)
-        if level != last:
-            if a["resblock_updown"]:
-                h = res(None, f"down_{level}_downsample", resample="down")(h, emb)
-            else:
-                h = cdm_layers.Downsample(a["conv_resample"], name=f"down_{level}_downsample", dtype=dtype)(h)
-            skips.append(h)
+                hidden = _attention_block(hidden, config, f"down_{level}_attention_{i}")
+            skips.append(hidden)
+        if level != last_level:
+            hidden = _resample(hidden, embedding, config, f"down_{level}_downsample", "down")
+            skips.append(hidden)
+    return hidden, skips
 
-    h = res(None, "middle_res_0")(h, emb)
-    h = attn("middle_attention")(h)
-    h = res(None, "middle_res_1")(h, emb)
 
-    for level in reversed(range(len(a["channel_multipliers"]))):
-        use_attention = resolutions[level] in a["attention_resolutions"]
-        for i in range(a["num_res_blocks"] + 1):
-            h = keras.layers.Concatenate(name=f"up_{level}_skip_{i}", dtype=dtype)([h, skips.pop()])
-            h = res(bc * a["channel_multipliers"][level], f"up_{level}_res_{i}")(h, emb)
+def _build_middle(hidden, embedding, config):
+    """Residual block, attention, residual block at the lowest resolution."""
+    hidden = _residual_block(hidden, embedding, config, "middle_res_0")
+    hidden = _attention_block(hidden, config, "middle_attention")
+    return _residual_block(hidden, embedding, config, "middle_res_1")
+
+
+def _build_upsampling_path(hidden, skips, embedding, config):
+    """Per level, deepest first: `num_res_blocks + 1` residual blocks, each fed the
+    features concatenated with the latest unused skip connection (and followed by
+    attention at `attention_resolutions`), then an upsampling, except at level 0."""
+    base_channels, dtype = config["base_channels"], config["dtype"]
+    resolutions = _level_resolutions(config)
+    skips = list(skips)
+    for level in reversed(range(len(config["channel_multipliers"]))):
+        channels = base_channels * config["channel_multipliers"][level]
+        use_attention = resolutions[level] in config["attention_resolutions"]
+        for i in range(config["num_res_blocks"] + 1):
+            hidden = keras.layers.Concatenate(name=f"up_{level}_skip_{i}", dtype=dtype)([hidden, skips.pop()])
+            hidden = _residual_block(hidden, embedding, config, f"up_{level}_res_{i}", channels)
             if use_attention:
-                h = attn(f"up_{level}_attention_{i}")(h)
+                hidden = _attention_block(hidden, config, f"up_{level}_attention_{i}")
         if level:
-            if a["resblock_updown"]:
-                h = res(None, f"up_{level}_upsample", resample="up")(h, emb)
-            else:
-                h = cdm_layers.Upsample(a["conv_resample"], name=f"up_{level}_upsample", dtype=dtype)(h)
+            hidden = _resample(hidden, embedding, config, f"up_{level}_upsample", "up")
+    return hidden
 
-    h = cdm_layers.GroupNormalization(groups, epsilon=1e-5, name="output_norm", dtype=dtype)(h)
-    h = keras.layers.Activation("silu", name="output_silu", dtype=dtype)(h)
-    out_channels = ch_in * (2 if a["learned_variance"] else 1)
-    h = keras.layers.Conv2D(
+
+def _build_output_head(hidden, config):
+    """GroupNorm, SiLU and a zero-initialised convolution to `image_channels`
+    (twice as many with `learned_variance`), cast to float32."""
+    dtype = config["dtype"]
+    hidden = cdm_layers.GroupNormalization(
+        config["num_groups"], epsilon=1e-5, name="output_norm", dtype=dtype
+    )(hidden)
+    hidden = keras.layers.Activation("silu", name="output_silu", dtype=dtype)(hidden)
+    out_channels = config["image_channels"] * (2 if config["learned_variance"] else 1)
+    hidden = keras.layers.Conv2D(
         out_channels, 3, padding="same", kernel_initializer="zeros", name="output_conv", dtype=dtype
-    )(h)
+    )(hidden)
     # Diffusion math runs in float32 whatever the policy.
-    outputs = keras.layers.Activation("linear", dtype="float32", name="output")(h)
-    return inputs, outputs
+    return keras.layers.Activation("linear", dtype="float32", name="output")(hidden)
+
+
+def _residual_block(hidden, embedding, config, name, channels=None, resample=None):
+    """Applies a new `ResidualBlock` (`channels=None` keeps the input's channels)."""
+    block = cdm_layers.ResidualBlock(
+        channels,
+        dropout=config["dropout"],
+        use_scale_shift_norm=config["use_scale_shift_norm"],
+        resample=resample,
+        num_groups=config["num_groups"],
+        name=name,
+        dtype=config["dtype"],
+    )
+    return block(hidden, embedding)
+
+
+def _attention_block(hidden, config, name):
+    """Applies a new `AttentionBlock`."""
+    block = cdm_layers.AttentionBlock(
+        config["num_heads"], config["num_groups"], name=name, dtype=config["dtype"]
+    )
+    return block(hidden)
+
+
+def _resample(hidden, embedding, config, name, direction):
+    """Halves ("down") or doubles ("up") the resolution: with a BigGAN-style
+    residual block under `resblock_updown`, else with `Downsample` / `Upsample`."""
+    if config["resblock_updown"]:
+        return _residual_block(hidden, embedding, config, name, resample=direction)
+    layer = cdm_layers.Downsample if direction == "down" else cdm_layers.Upsample
+    return layer(config["conv_resample"], name=name, dtype=config["dtype"])(hidden)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_cdm import layers
-from tests.testing import (
+from keras_cdm.testing import (
     assert_config_round_trip,
     conv2d,
     group_norm,

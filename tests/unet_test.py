@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_cdm import DiffusionUNet
-from tests.testing import assert_config_round_trip, randomize_weights, to_numpy
+from keras_cdm.testing import assert_config_round_trip, randomize_weights, to_numpy
 
 TINY_SR = dict(
     image_size=16,
