@@ -71,14 +71,18 @@ def check_int_tuple(name, value, allow_empty=False):
 
 
 def check_labels(labels, num_classes, name="labels"):
-    """A non-empty 1-D int32 array of class labels in [0, num_classes)."""
-    labels = np.asarray(labels).reshape(-1)
-    if not labels.size or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
-            or labels.max() >= num_classes:
-        bad = labels[(labels < 0) | (labels >= num_classes)] if np.issubdtype(labels.dtype, np.number) else labels
-        raise ValueError(f"`{name}` must be a non-empty list of integers in [0, {num_classes}). "
-                         f"Received: {name} outside it: {bad[:10].tolist()}")
-    return labels.astype("int32")
+    """Class labels, shape (N,) or (N, 1), integers in [0, num_classes): an int32 (N,) array."""
+    values = np.asarray(labels)
+    allowed = f"`{name}` must be a non-empty list of integers in [0, {num_classes})"
+    if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1) or not values.size:
+        raise ValueError(f"{allowed}, of shape (N,) or (N, 1). Received: {name} of shape {values.shape}")
+    values = values.reshape(-1)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{allowed}. Received: {name}={values[:10].tolist()} (dtype {values.dtype})")
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise ValueError(f"{allowed}. Received: {name} outside it: {bad[:10].tolist()}")
+    return values.astype("int32")
 
 
 def check_image_shape(name, shape, size, channels, batch=None, where=" for this stage"):

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_cdm._validation import check_positive_int, is_int
 from keras_cdm.images import from_uint8, to_uint8
+from keras_cdm.sampling import check_settings
 from keras_cdm.visualization import save_image_grid
 
 __all__ = ["SampleGrid"]
@@ -46,9 +47,10 @@ class SampleGrid(keras.callbacks.Callback):
             with `show_low_res`, which needs `columns` to divide the number of images).
         class_names: names written above the tiles instead of label numbers.
         verbose: print the path of each grid written.
-        **generate_kwargs: passed to `DiffusionModel.generate`, e.g.
-            `num_steps=25`, `augmentation_level=100`, `noise_schedule={...}`,
-            `use_ema=False`.
+        **generate_kwargs: sampling settings (`DiffusionModel.sampling_plan`),
+            e.g. `num_steps=25`, `augmentation_level=100`, `noise_schedule={...}`,
+            turned into the stage's plan once, when the callback meets its model;
+            and `use_ema=False` to sample the training weights.
 
     Attributes:
         paths: the files written, in order.
@@ -82,12 +84,15 @@ class SampleGrid(keras.callbacks.Callback):
                              f"Received: columns={columns}")
         self.every, self.seed, self.columns = every, seed, columns
         self.class_names, self.verbose = class_names, verbose
-        self.generate_kwargs = generate_kwargs
+        self.use_ema = generate_kwargs.pop("use_ema", True)
+        self.settings = check_settings(generate_kwargs)
+        self.plan = None
         self.paths = []
 
     def set_model(self, model):
         if not callable(getattr(model, "generate", None)) or not hasattr(model, "unet"):
             raise ValueError(f"SampleGrid samples a keras_cdm DiffusionModel. Received: {type(model).__name__}")
+        self.plan = model.sampling_plan(**self.settings)  # bad settings fail before training starts
         super().set_model(model)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -99,7 +104,7 @@ class SampleGrid(keras.callbacks.Callback):
         """Samples the model now and writes the grid for `epoch`; returns the path."""
         samples = self.model.generate(
             labels=self.labels, num_images=None if self.labels is not None else self.num_images, seed=self.seed,
-            low_res_images=self.low_res_images, verbose=False, **self.generate_kwargs)
+            low_res_images=self.low_res_images, plan=self.plan, use_ema=self.use_ema, verbose=False)
         images, labels, columns = to_uint8(samples), self.labels, self.columns
         if self.show_low_res:
             factor = images.shape[1] // self.low_res_images.shape[1]

@@ -170,8 +170,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"keras-cdm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    presets = commands.add_parser("presets", help="list the built-in presets")
-    presets.set_defaults(func=_cmd_presets)
+    listing = commands.add_parser("presets", help="list the built-in presets")
+    listing.set_defaults(func=_cmd_presets)
 
     arch = commands.add_parser(
         "architecture",

@@ -20,6 +20,7 @@ from keras_cdm._compile import compile_with_model
 from keras_cdm._validation import check_choice, check_image_shape, check_labels, check_positive_int
 from keras_cdm.conditioning import ConditioningAugmentation
 from keras_cdm.diffusion import GaussianDiffusion
+from keras_cdm.ema import Adam
 from keras_cdm.images import INTERPOLATIONS
 from keras_cdm.sampling import SamplingPlan, make_plan
 from keras_cdm.seeding import per_example_seeds
@@ -65,6 +66,10 @@ class DiffusionModel(keras.Model):
         self.augmentation = None if augmentation is None else _deserialize(
             augmentation, ConditioningAugmentation, "augmentation"
         )
+        if type(self.augmentation) is ConditioningAugmentation:
+            raise ValueError("`augmentation` must be a GaussianConditioningAugmentation, a "
+                             "BlurConditioningAugmentation or another subclass of ConditioningAugmentation. "
+                             "Received: the ConditioningAugmentation interface itself")
         self.random_flip = bool(random_flip)
         self.low_res_interpolation = check_choice("low_res_interpolation", low_res_interpolation, INTERPOLATIONS)
         self.seed = seed
@@ -78,10 +83,14 @@ class DiffusionModel(keras.Model):
 
     # -- training -----------------------------------------------------------------
 
-    def compile(self, optimizer=None, learning_rate=1e-4, use_ema=True, ema_momentum=0.9999, **kwargs):
-        """Adam (learning rate 1e-4) with the optimizer's EMA (momentum 0.9999) by default."""
+    def compile(self, optimizer=None, learning_rate=1e-4, use_ema=True, ema_momentum=0.9999, ema_warmup=True,
+                **kwargs):
+        """Adam (learning rate 1e-4) with an EMA of the weights (momentum 0.9999, App. B) by
+        default. The EMA warms up (`ema_warmup`: momentum min(m, (1 + k) / (10 + k)) at step
+        k, see `keras_cdm.ema`) so that a short run or fine-tuning is not averaged with the
+        weights it started from. A given `optimizer` is used as it is."""
         if optimizer is None:
-            optimizer = keras.optimizers.Adam(learning_rate, use_ema=use_ema, ema_momentum=ema_momentum)
+            optimizer = Adam(learning_rate, use_ema=use_ema, ema_momentum=ema_momentum, ema_warmup=ema_warmup)
         super().compile(optimizer=optimizer, **kwargs)
 
     def call(self, inputs, training=None):
@@ -211,7 +220,7 @@ class DiffusionModel(keras.Model):
         """
         return make_plan(self.diffusion, self.augmentation, settings, self.name)
 
-    def generate(self, labels=None, num_images=None, seed=0, low_res_images=None, plan=None, stop_step=None,
+    def generate(self, labels=None, num_images=None, seed=0, *, low_res_images=None, plan=None, stop_step=None,
                  use_ema=True, verbose="auto", **settings):
         """Samples this stage alone; returns float32 NHWC numpy images in [-1, 1].
 
@@ -236,8 +245,7 @@ class DiffusionModel(keras.Model):
             raise ValueError(f"Pass sampling settings or a `plan`, not both. Received: {sorted(settings)} and a plan")
         plan = self.sampling_plan(**settings) if plan is None else _check_plan(self, plan)
         if stop_step is not None:
-            plan.process.check_steps(plan.start_step, stop_step)
-            plan = dataclasses.replace(plan, stop_step=int(stop_step))
+            plan = dataclasses.replace(plan, stop_step=stop_step)
         labels, batch = self._check_generate_args(labels, num_images, low_res_images)
         low_res = None if low_res_images is None else np.asarray(low_res_images, "float32")
         return self.run_plan(plan, labels, per_example_seeds(seed, batch), low_res, use_ema, verbose)
@@ -449,15 +457,16 @@ def _check_stage(unet, diffusion, augmentation):
 
 
 def _check_plan(model, plan):
-    """A plan made by this stage's `sampling_plan` (or one of the same kind)."""
+    """A plan this stage would make from the plan's settings (same inference process)."""
     if not isinstance(plan, SamplingPlan):
         raise ValueError(f"`plan` must be a SamplingPlan from `sampling_plan(...)`. Received: {type(plan).__name__}")
-    augmentation = model.augmentation
-    if plan.process.conditioning != model.diffusion.conditioning or plan.augmentation_level > (
-            0 if augmentation is None else augmentation.max_sampling_level) or (
-            plan.truncated and not (augmentation is not None and augmentation.supports_truncation)):
-        raise ValueError(f"This plan was not made for stage {model.name!r}: make it with "
-                         f"`{model.name}.sampling_plan(...)`. Received: {plan}")
+    try:
+        own = model.sampling_plan(**plan.settings)
+    except ValueError as error:
+        raise ValueError(f"This plan was not made for stage {model.name!r}: {error}") from None
+    if repr(own.process) != repr(plan.process):
+        raise ValueError(f"This plan was not made for stage {model.name!r} (its process is {plan.process!r}, the "
+                         f"stage's would be {own.process!r}): make it with `{model.name}.sampling_plan(...)`.")
     return plan
 
 

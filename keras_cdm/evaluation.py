@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_cdm._validation import check_positive_int
-from keras_cdm.images import uint8_to_unit
+from keras_cdm.images import from_uint8
 
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
 INCEPTION_WEIGHTS_URL = (
@@ -214,14 +214,7 @@ def _unit_range(images, channels=None):
     if images.ndim != 4 or (channels and images.shape[-1] not in channels):
         need = f" with {' or '.join(map(str, channels))} channels" if channels else ""
         raise ValueError(f"`images` must be an (N, H, W, C) array{need}. Received: images.shape={images.shape}")
-    if images.dtype == np.uint8:
-        return uint8_to_unit(images.astype(np.float32))
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"`images` must be uint8 or floats in [-1, 1]. Received: dtype={images.dtype}")
-    if images.size and (images.min() < -1.5 or images.max() > 1.5):
-        raise ValueError("Float images must lie in [-1, 1] (pass uint8 for [0, 255] data). "
-                         f"Received: min={images.min():.3g}, max={images.max():.3g}")
-    return np.clip(images, -1.0, 1.0).astype(np.float32)
+    return from_uint8(images, tolerance=0.5, clip=True)
 
 
 def _as_numpy_outputs(outputs):
@@ -441,3 +434,26 @@ def _check_labels(split, labels, images, num_classes):
         raise ValueError(f"`{split}_labels` must be one integer in [0, {num_classes}) per image. Received: "
                          f"shape={labels.shape}, dtype={labels.dtype}, for {len(images)} images")
     return labels.astype(np.int32)
+
+
+# -- pixel-level statistics: what a feature metric can miss (e.g. grain on a black background) -------
+
+NEAR_BLACK = 0.05  # on [0, 1]
+
+
+def pixel_statistics(images, bins=32):
+    """Pixel-value statistics of images (uint8, or floats in [-1, 1]), on [0, 1]:
+    `near_black` (the fraction of pixels below 0.05), `mean`, and `histogram` (the
+    fraction of pixels in each of `bins` equal bins of [0, 1])."""
+    values = (_unit_range(images).astype(np.float64).reshape(-1) + 1.0) / 2.0
+    bins = check_positive_int("bins", bins)
+    histogram = np.bincount(np.minimum((values * bins).astype(np.int64), bins - 1), minlength=bins) / values.size
+    return {"near_black": float((values < NEAR_BLACK).mean()), "mean": float(values.mean()), "histogram": histogram}
+
+
+def histogram_distance(images, reference, bins=32):
+    """Total-variation distance (0: same, 1: disjoint) between the pixel-value histograms
+    of `images` and `reference` (`pixel_statistics`, `bins` bins of [0, 1])."""
+    p = pixel_statistics(images, bins)["histogram"]
+    q = pixel_statistics(reference, bins)["histogram"]
+    return float(0.5 * np.abs(p - q).sum())

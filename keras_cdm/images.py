@@ -28,19 +28,25 @@ def to_uint8(images):
     return unit_to_uint8(np.asarray(images, "float32"))
 
 
-def from_uint8(images, tolerance=1e-3, name="images"):
-    """uint8 images (or floats already in [-1, 1]) -> float32 in [-1, 1].
+def from_uint8(images, tolerance=1e-3, clip=False, name="images"):
+    """Integer images in [0, 255] (uint8 or any integer dtype), or floats already in
+    [-1, 1] -> float32 in [-1, 1].
 
-    Floats further than `tolerance` outside [-1, 1] are refused, with an error
-    naming `name`; within it they are returned unchanged.
+    Integers outside [0, 255], and floats further than `tolerance` outside [-1, 1],
+    are refused with an error naming `name`; floats within it are returned as they
+    are, or clipped to [-1, 1] with `clip=True`.
     """
     images = np.asarray(images)
-    if images.dtype == np.uint8:
+    if np.issubdtype(images.dtype, np.integer) and not np.issubdtype(images.dtype, np.bool_):
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise ValueError(f"`{name}` must be integers in [0, 255], or floats in [-1, 1]. "
+                             f"Received: integers in [{images.min()}, {images.max()}]")
         return uint8_to_unit(images.astype("float32"))
-    if not (np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer)):
-        raise ValueError(f"`{name}` must be uint8, or floats in [-1, 1]. Received: dtype={images.dtype}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"`{name}` must be integers in [0, 255], or floats in [-1, 1]. "
+                         f"Received: dtype={images.dtype}")
     images = images.astype("float32")
     if images.size and (images.min() < -1.0 - tolerance or images.max() > 1.0 + tolerance):
-        raise ValueError(f"`{name}` must be uint8, or floats in [-1, 1]. "
+        raise ValueError(f"`{name}` must be integers in [0, 255], or floats in [-1, 1]. "
                          f"Received: floats in [{images.min():.3g}, {images.max():.3g}]")
-    return images
+    return np.clip(images, -1.0, 1.0) if clip else images

@@ -60,17 +60,22 @@ class CascadedDiffusionPipeline:
         if len(given) not in (0, len(self.stages)):
             raise ValueError(f"`sampling` needs one dict per stage ({len(self.stages)}). Received: {len(given)}")
         given = given or [{} for _ in self.stages]
-        self.plans = self._link([stage.sampling_plan(**check_settings(settings))
-                                 for stage, settings in zip(self.stages, given)])
+        self._plans = self._link([stage.sampling_plan(**check_settings(settings))
+                                  for stage, settings in zip(self.stages, given)])
 
     @property
     def stage_names(self):
         return [stage.name for stage in self.stages]
 
     @property
+    def plans(self):
+        """The `SamplingPlan` of every stage (a tuple; change them with `set_sampling`)."""
+        return self._plans
+
+    @property
     def sampling(self):
         """The sampling settings of every stage (fresh dicts; change them with `set_sampling`)."""
-        return [plan.settings for plan in self.plans]
+        return [plan.settings for plan in self._plans]
 
     def stage_index(self, stage):
         """The index of a stage given by index or name."""
@@ -86,24 +91,20 @@ class CascadedDiffusionPipeline:
         `set_sampling("sr64", augmentation_level=501, truncated=True)`. The new plan
         is validated (with its neighbours) before anything changes."""
         k = self.stage_index(stage)
-        plans = list(self.plans)
+        plans = list(self._plans)
         plans[k] = self.stages[k].sampling_plan(**{**plans[k].settings, **check_settings(settings)})
-        self.plans = self._link(plans)
+        self._plans = self._link(plans)
 
     def _link(self, plans):
         """The plans with each stage's stop step for the truncated augmentation of the next."""
-        linked = list(plans)
-        for k in range(len(plans) - 1):
-            following = plans[k + 1]
-            level = following.augmentation_level if following.truncated else 0
-            linked[k] = plans[k].stopping_at(level, self.stages[k + 1].augmentation.forward_process if level else None,
-                                             self.stage_names[k + 1], self.stage_names[k])
-        return linked
+        names = self.stage_names
+        return tuple(plan.stopping_for(following, name, previous) for plan, following, name, previous
+                     in zip(plans, plans[1:], names[1:], names)) + (plans[-1],)
 
     def truncation_step(self, k):
         """Where stage k stops: None (run to x_0), or the step of its respaced process
         holding z_s when stage k+1 uses truncated augmentation at level s > 0."""
-        return self.plans[self.stage_index(k)].stop_step
+        return self._plans[self.stage_index(k)].stop_step
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -144,22 +145,28 @@ class CascadedDiffusionPipeline:
                       batch_size=16, output="uint8", use_ema=True, verbose="auto"):
         """Yields the images of `generate(labels, seed, ...)` chunk by chunk (the same
         images), so that e.g. 50,000 samples can be scored without holding them all.
-        The whole request is checked before the first chunk is sampled."""
+        The whole request is checked when this is called, before any chunk is sampled."""
         chunk_size = check_positive_int("chunk_size", chunk_size)
         request = self._check_request(labels, num_images, start_stage, low_res_images, seed, batch_size, output)
-        for begin in range(0, request["count"], chunk_size):
-            part = slice(begin, min(begin + chunk_size, request["count"]))
-            chunk = {**request, "count": part.stop - part.start,
-                     "labels": None if request["labels"] is None else request["labels"][part],
-                     "low_res": None if request["low_res"] is None else request["low_res"][part]}
-            yield self._generate(chunk, begin, False, use_ema, verbose)
+
+        def chunks():
+            for begin in range(0, request["count"], chunk_size):
+                part = slice(begin, min(begin + chunk_size, request["count"]))
+                chunk = {**request, "count": part.stop - part.start,
+                         "labels": None if request["labels"] is None else request["labels"][part],
+                         "low_res": None if request["low_res"] is None else request["low_res"][part]}
+                yield self._generate(chunk, begin, False, use_ema, verbose)
+
+        return chunks()
 
     def _generate(self, request, first_example, return_intermediates, use_ema, verbose):
         start, current, convert = request["start"], request["low_res"], request["convert"]
         intermediates, self.last_timings = {}, {}
         for k in range(start, len(self.stages)):
             # The first stage run takes the given images as z_0, even if it would be fed z_s in a full cascade.
-            plan = self.plans[k] if k > start else dataclasses.replace(self.plans[k], truncated=False)
+            plan = self._plans[k]
+            if k == start and plan.truncated:
+                plan = dataclasses.replace(plan, truncated=False)
             began = time.perf_counter()
             current = self._run_stage(k, plan, request, first_example, current, use_ema, verbose)
             self.last_timings[self.stages[k].name] = time.perf_counter() - began

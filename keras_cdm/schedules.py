@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from keras_cdm._validation import check_choice, check_positive_int
+from keras_cdm._validation import check_choice, check_positive_int, is_int
 
 SCHEDULES = ("linear", "cosine")
 CONDITIONINGS = ("timestep", "noise_level")
@@ -116,7 +116,7 @@ def _parse_count(text, original):
 def _parse_sections(section_counts):
     if isinstance(section_counts, str):
         return [_parse_count(part, section_counts) for part in section_counts.split(",")]
-    if isinstance(section_counts, int) and not isinstance(section_counts, bool):
+    if is_int(section_counts):
         return [_parse_count(str(section_counts), section_counts)]
     try:
         return [_parse_count(part, section_counts) for part in section_counts]

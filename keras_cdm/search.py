@@ -12,10 +12,12 @@ import itertools
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from keras_cdm._validation import is_int
-from keras_cdm.evaluation import compute_statistics, fid
+from keras_cdm.evaluation import compute_statistics, fid, histogram_distance, pixel_statistics
+from keras_cdm.images import to_uint8
 from keras_cdm.pipeline import CascadedDiffusionPipeline
 
 
@@ -52,6 +54,70 @@ def stage_diagnostics(pipeline, stage, evaluate, labels, low_res_images, seed=0,
     real = head.generate(labels=labels, seed=seed, batch_size=batch_size, start_stage=k,
                          low_res_images=low_res_images, verbose=False)
     return {"generated": dict(evaluate(generated)), "real": dict(evaluate(real))}
+
+
+def baseline_comparison(pipeline, evaluate, labels, real_images, seed=0, interpolation="bicubic", stages=None,
+                        batch_size=16, metric="fid", bins=32, plot_path=None, verbose=True):
+    """Does each super-resolution stage beat a plain resize of its own inputs?
+
+    The cascade samples `labels` once (with its sampling settings); for every upsampler
+    (or the `stages` named), its outputs are scored next to the previous stage's samples
+    resized to its size by `interpolation` (no model at all): by `evaluate` (e.g. a
+    domain FID, `sample_quality`) and by pixel statistics against the real images at
+    that size, `real_images[stage name]` (uint8, or floats in [-1, 1]): the near-black
+    fraction and the total-variation distance between pixel-value histograms
+    (`evaluation.pixel_statistics`, `histogram_distance`). A feature metric can be blind
+    to grain that a person sees at once; the pixel statistics are not.
+
+    Args:
+        evaluate: `evaluate(uint8 images) -> dict` with `metric`, or a dict from stage
+            name to such a callable (feature extractors often depend on the size).
+        real_images: dict from stage name to real images at that stage's size.
+
+    Returns a `SearchResult` whose rows are (stage, images = "stage" or the
+    interpolation) with the scores; `result.best` is meaningless across stages: read
+    `stage_beats_baseline(result)`.
+    """
+    names = pipeline.stage_names
+    chosen = [pipeline.stage_index(s) for s in (stages if stages is not None else names[1:])]
+    if not chosen or 0 in chosen:
+        raise ValueError(f"`stages` must name super-resolution stages (not the base stage {names[0]!r}). "
+                         f"Received: stages={stages!r}")
+    truncated = [names[k] for k in chosen if pipeline.plans[k].truncated]
+    if truncated:
+        raise ValueError(f"Stages {truncated} sample with truncated augmentation: the previous stage hands them z_s, "
+                         "not an image to resize. Compare with truncated=False.")
+    missing = [names[k] for k in chosen if not isinstance(real_images, dict) or names[k] not in real_images]
+    if missing:
+        raise ValueError(f"`real_images` must map every compared stage to real images at its size. Missing: {missing}")
+    _, samples = pipeline.generate(labels=labels, seed=seed, batch_size=batch_size, return_intermediates=True,
+                                   output="float", verbose=False)
+    rows = []
+    for k in chosen:
+        size, real = pipeline.stages[k].unet.image_size, real_images[names[k]]
+        resized = keras.ops.image.resize(samples[names[k - 1]], (size, size), interpolation=interpolation)
+        score = evaluate[names[k]] if isinstance(evaluate, dict) else evaluate
+        for kind, images in (("stage", samples[names[k]]), (interpolation, keras.ops.convert_to_numpy(resized))):
+            images = to_uint8(images)
+            rows.append({"stage": names[k], "images": kind, **_scores(score, images, metric),
+                         "near_black": pixel_statistics(images, bins)["near_black"],
+                         "histogram_distance": histogram_distance(images, real, bins)})
+        if verbose:
+            print(f"{names[k]}: real images have near_black={pixel_statistics(real, bins)['near_black']:.4g}")
+    result = SearchResult(f"Stages vs a {interpolation} resize of their inputs ({len(labels)} samples)", ["stage", "images"], rows, metric, True)
+    _finish(result, verbose, plot_path, x="images", group="stage")
+    return result
+
+
+def stage_beats_baseline(result):
+    """{stage name: True when the stage beats the resize on the metric and on the pixel
+    histogram distance} for a `baseline_comparison` result."""
+    verdicts = {}
+    for stage in dict.fromkeys(row["stage"] for row in result.rows):
+        ours, resize = [row for row in result.rows if row["stage"] == stage]
+        verdicts[stage] = bool(ours[result.metric] < resize[result.metric]
+                               and ours["histogram_distance"] < resize["histogram_distance"])
+    return verdicts
 
 
 class SearchResult:

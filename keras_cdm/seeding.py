@@ -12,6 +12,12 @@ compilation:
   counter per use (`INITIAL_NOISE_COUNTER` for x_T, `step_counter(t)` for the noise of
   reverse step t, `AUGMENTATION_NOISE_COUNTER` for the non-truncated conditioning
   augmentation of an upsampler), so no two uses share a stream.
+
+One exception, harmless: Keras' TensorFlow backend reduces seed states modulo
+2**31 - 2, so there `AUGMENTATION_NOISE_COUNTER` draws the same numbers as
+`step_counter(0)`, the noise of the last reverse step, which every sampler multiplies
+by zero (x_0 gets no noise). The counter is kept so that a seed gives the same images
+as in earlier versions.
 """
 
 import keras

@@ -263,7 +263,7 @@ def test_classifier_features():
     np.testing.assert_allclose(np.exp(log_probs), to_numpy(probs_model(floats)), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="functional or Sequential"):
         ClassifierFeatures(keras.Sequential([keras.layers.Dense(2)]))
-    with pytest.raises(ValueError, match=r"lie in \[-1, 1\]"):
+    with pytest.raises(ValueError, match=r"or floats in \[-1, 1\]. Received: floats in \[-128, 128\]"):
         ClassifierFeatures(model)(floats * 127.5)
 
 

@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 
-from keras_cdm.images import to_uint8
 from keras_cdm.pipeline import CascadedDiffusionPipeline
 from keras_cdm.testing.golden import SETTINGS, golden_file, golden_samples
 
@@ -25,9 +24,8 @@ def stored():
 
 def test_samples_equal_the_stored_golden_samples(stored):
     samples = golden_samples(CascadedDiffusionPipeline.from_preset("cdm_mnist32").stages)
-    assert sorted(samples) == sorted(stored) and len(stored) == 3 * len(SETTINGS)
+    assert sorted(samples) == sorted(stored) and len(stored) == 3 * len(SETTINGS) + 3
     for key, images in samples.items():
-        np.testing.assert_array_equal(to_uint8(images), to_uint8(stored[key]), err_msg=key)
-        np.testing.assert_allclose(images, stored[key], rtol=0, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(images, stored[key], err_msg=key)  # bit for bit
     # The settings differ, and so do their samples: the comparison is not vacuous.
     assert not np.array_equal(samples["ancestral/sr32"], samples["truncated/sr32"])

@@ -1,4 +1,4 @@
-"""The package's import graph is a one-way chain (DESIGN.md, principle 8): each module
+"""The package's import graph is a one-way chain (shared/DESIGN.md, principle 8): each module
 imports only modules before it in `ORDER`, function-level imports included, so there is
 no loop and no import that climbs back up; no module imports the package face."""
 
@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keras_cdm"
 # Conventions first, then the paper's order; preset I/O before the models that use it.
 ORDER = [
     "version", "_validation", "images", "seeding", "schedules", "losses", "layers", "unet", "diffusion",
-    "conditioning", "sampling", "_compile", "presets", "diffusion_model", "pipeline", "visualization",
+    "conditioning", "sampling", "_compile", "ema", "presets", "diffusion_model", "pipeline", "visualization",
     "callbacks", "data", "evaluation", "search", "cli", "__main__",
     "testing", "testing.golden", "testing.hub_server",
 ]
@@ -32,7 +32,9 @@ def _imports(path, modules):
     """Package modules imported anywhere in the file (module or function level)."""
     targets = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("keras_cdm"):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}: relative import; the package uses absolute imports only")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_cdm"):
             base = node.module[len("keras_cdm"):].lstrip(".")
             subs = [f"{base}.{alias.name}".lstrip(".") for alias in node.names]
             targets.update(s for s in subs if s in modules)
@@ -59,6 +61,12 @@ def test_imports_only_go_down_the_chain():
             elif rank[target] >= rank[name]:
                 climbing.append(f"{name} imports {target}")
     assert not climbing, climbing
+
+
+def test_preset_io_imports_no_model_class():
+    # As in keras-hub: models import preset I/O, never the reverse; presets check class names.
+    modules = _modules()
+    assert _imports(modules["presets"], modules) <= {"version", "_validation"}
 
 
 def test_the_face_imports_no_testing_module():

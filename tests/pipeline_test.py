@@ -74,7 +74,7 @@ def test_super_resolution_of_given_images_from_an_intermediate_stage(cascade):
 def test_uint8_conversions_round_trip():
     images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
     np.testing.assert_array_equal(to_uint8(from_uint8(images)), images)
-    with pytest.raises(ValueError, match=r"uint8, or floats in \[-1, 1\]"):
+    with pytest.raises(ValueError, match=r"must be integers in \[0, 255\], or floats in \[-1, 1\]"):
         from_uint8(np.full((1, 2, 2, 1), 3.0))
 
 

@@ -2,6 +2,7 @@
 
 import copy
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -32,9 +33,7 @@ class Recorder:
 
 
 def _fresh(cascade):
-    pipeline = copy.copy(cascade)
-    pipeline.sampling = copy.deepcopy(cascade.sampling)
-    return pipeline
+    return type(cascade)(cascade.stages, cascade.sampling)
 
 
 def test_augmentation_search_scores_what_the_pipeline_would_generate(cascade, tmp_path, capsys):
@@ -134,3 +133,51 @@ def test_stage_diagnostics_compare_generated_and_real_conditioning(cascade):
     result = stage_diagnostics(pipeline, "sr16", evaluate, LABELS, low, seed=1)
     assert set(result) == {"generated", "real"} and [s.shape for s in evaluate.seen] == [(3, 16, 16, 1)] * 2
     assert result["real"]["fid"] != result["generated"]["fid"]
+
+
+# The trivial baseline: each upsampler against a plain resize of its inputs ---------------------
+
+
+def test_pixel_statistics_and_histogram_distance_closed_forms():
+    from keras_cdm.evaluation import histogram_distance, pixel_statistics
+
+    black = np.zeros((1, 4, 4, 1), np.uint8)
+    half = black.copy()
+    half[:, :2] = 255  # half the pixels white
+    stats = pixel_statistics(half, bins=4)
+    assert stats["near_black"] == 0.5 and stats["mean"] == 0.5
+    np.testing.assert_array_equal(stats["histogram"], [0.5, 0, 0, 0.5])
+    assert histogram_distance(half, black, bins=4) == 0.5 and histogram_distance(black, black) == 0.0
+    assert histogram_distance(np.full((1, 2, 2, 1), 255, np.uint8), black) == 1.0
+    assert pixel_statistics(np.full((1, 2, 2, 1), -1.0, np.float32))["near_black"] == 1.0
+
+
+def test_baseline_comparison_scores_each_upsampler_and_its_resize(cascade):
+    from keras_cdm.search import baseline_comparison, stage_beats_baseline
+
+    pipeline = type(cascade)(cascade.stages, cascade.sampling)
+    pipeline.set_sampling("sr16", truncated=False)
+    labels = [0, 1, 2, 0]
+    real = {"sr16": np.zeros((4, 16, 16, 1), np.uint8), "sr32": np.zeros((4, 32, 32, 1), np.uint8)}
+    brightness = lambda images: {"fid": float(images.mean())}  # noqa: E731
+    result = baseline_comparison(pipeline, brightness, labels, real, seed=3, verbose=False)
+    assert [(r["stage"], r["images"]) for r in result.rows] == [
+        ("sr16", "stage"), ("sr16", "bicubic"), ("sr32", "stage"), ("sr32", "bicubic")]
+    # The "stage" rows are the cascade's own outputs; the bicubic rows resize the previous stage's.
+    _, samples = pipeline.generate(labels=labels, seed=3, return_intermediates=True, output="float")
+    assert np.isclose(result.rows[2]["fid"], to_uint8_mean(samples["sr32"]))
+    resized = keras.ops.convert_to_numpy(keras.ops.image.resize(samples["sr16"], (32, 32), interpolation="bicubic"))
+    assert np.isclose(result.rows[3]["fid"], to_uint8_mean(resized))
+    assert set(stage_beats_baseline(result)) == {"sr16", "sr32"}
+    with pytest.raises(ValueError, match="truncated augmentation"):
+        baseline_comparison(cascade, brightness, labels, real, verbose=False)
+    with pytest.raises(ValueError, match=r"Missing: \['sr32'\]"):
+        baseline_comparison(pipeline, brightness, labels, {"sr16": real["sr16"]}, verbose=False)
+    with pytest.raises(ValueError, match="not the base stage"):
+        baseline_comparison(pipeline, brightness, labels, real, stages=["base"], verbose=False)
+
+
+def to_uint8_mean(images):
+    from keras_cdm.images import to_uint8
+
+    return float(to_uint8(images).mean())

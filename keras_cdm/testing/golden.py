@@ -18,7 +18,12 @@ SETTINGS = {
 
 def golden_samples(stages):
     """{"<setting>/<stage name>": float32 images in [-1, 1]} of the fixed request,
-    sampled by a cascade of `stages` under every setting of `SETTINGS`."""
+    sampled by a cascade of `stages` under every setting of `SETTINGS`, plus the other
+    ways in: super-resolution of given uint8 images from an upsampler, chunked sampling
+    (`iter_generate`, examples 3 and 4 in their own chunk), and one stage alone with
+    per-example seeds and an early stop."""
+    import numpy as np
+
     from keras_cdm.pipeline import CascadedDiffusionPipeline
 
     samples = {}
@@ -27,6 +32,16 @@ def golden_samples(stages):
         _, images = pipeline.generate(labels=LABELS, seed=SEED, batch_size=BATCH_SIZE, return_intermediates=True,
                                       output="float", verbose=False)
         samples.update({f"{name}/{stage}": stage_images for stage, stage_images in images.items()})
+    pipeline = CascadedDiffusionPipeline(stages, SETTINGS["ddim_augmented"])
+    low = np.random.default_rng(SEED).integers(0, 256, (len(LABELS), 8, 8, 1), dtype=np.uint8)
+    samples["start_stage/sr32"] = pipeline.generate(labels=LABELS, seed=SEED, batch_size=BATCH_SIZE,
+                                                    start_stage="sr16", low_res_images=low, output="float",
+                                                    verbose=False)
+    chunks = pipeline.iter_generate(labels=LABELS + [5], seed=SEED, chunk_size=3, batch_size=BATCH_SIZE,
+                                    output="float", verbose=False)
+    samples["iter_generate/sr32"] = np.concatenate(list(chunks))
+    samples["stage/base"] = stages[0].generate(labels=LABELS, seed=[1, 2, 3, 2**31 - 1], num_steps=20,
+                                               stop_step=4, verbose=False)
     return samples
 
 
