@@ -64,7 +64,7 @@ def build_stage(name, blur=True, seed=0):
     raise ValueError(f"`name` must be one of {STAGES}. Received: {name!r}")
 
 
-def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2):
+def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2, ema_warmup=True):
     done = Path(workdir) / "stages" / name
     if (done / "config.json").exists():
         print(f"{name}: already trained ({done})")
@@ -76,7 +76,7 @@ def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2):
     size = model.unet.image_size
     images, labels = mnist_subset("train")
     data = from_arrays(images, labels, image_size=size, batch_size=batch_size, seed=seed, cache=True)
-    model.compile(learning_rate=learning_rate, ema_momentum=0.999)
+    model.compile(learning_rate=learning_rate, ema_momentum=0.999, ema_warmup=ema_warmup)
     model.optimizer.build(model.trainable_variables)
     start = time.time()
     log = Path(workdir) / f"{name}.csv"
@@ -85,10 +85,12 @@ def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2):
         keras.callbacks.CSVLogger(str(log), append=True),
     ])
     model.save_to_preset(done, overwrite=True, description=f"cdm_mnist32 stage {name}")
+    # The training weights too (the preset holds the EMA), for diagnostics: EMA vs training weights.
+    model.save_weights(Path(workdir) / "stages" / f"{name}_training.weights.h5")
     seconds = time.time() - start
     with open(Path(workdir) / "timings.jsonl", "a") as f:
         f.write(json.dumps({"stage": name, "epochs": epochs, "seconds": round(seconds, 1),
-                            "parameters": model.unet.count_params(), "blur": blur}) + "\n")
+                            "parameters": model.unet.count_params(), "blur": blur, "ema_warmup": ema_warmup}) + "\n")
     print(f"{name}: trained {epochs} epochs in {seconds / 60:.1f} min -> {done}")
     return done
 
@@ -112,10 +114,13 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of the chosen stages")
     parser.add_argument("--no-blur", action="store_true", help="train sr32 without blur augmentation (ablation)")
     parser.add_argument("--no-assemble", action="store_true")
+    parser.add_argument("--no-ema-warmup", action="store_true",
+                        help="Keras' plain EMA (the recipe of the first cdm_mnist32), for comparison")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     for name in args.stages:
-        train_stage(name, args.workdir, args.seed, blur=not args.no_blur, epochs=args.epochs)
+        train_stage(name, args.workdir, args.seed, blur=not args.no_blur, epochs=args.epochs,
+                    ema_warmup=not args.no_ema_warmup)
     if not args.no_assemble and all((Path(args.workdir) / "stages" / n / "config.json").exists() for n in STAGES):
         assemble(args.workdir, args.out)
 
