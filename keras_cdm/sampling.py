@@ -81,7 +81,7 @@ class SamplingPlan:
         running to x_0 otherwise."""
         level = following.augmentation_level if following.truncated else 0
         if not level:
-            return dataclasses.replace(self, stop_step=None)
+            return self if self.stop_step is None else dataclasses.replace(self, stop_step=None)
         forward, process = following.truncation_process, self.process
         if process.conditioning != "timestep" or process.original_num_timesteps != forward.num_timesteps \
                 or not np.allclose(process.respace(None).betas, forward.betas):
@@ -97,7 +97,8 @@ class SamplingPlan:
                 f"num_steps={self.num_steps!r} it does not. Nearest levels it visits: "
                 f"{sorted(near.tolist())}. Received: augmentation_level={level}"
             )
-        return dataclasses.replace(self, stop_step=int(np.flatnonzero(kept == level - 1)[0]))
+        stop_step = int(np.flatnonzero(kept == level - 1)[0])
+        return self if self.stop_step == stop_step else dataclasses.replace(self, stop_step=stop_step)
 
 
 def check_settings(settings):
