@@ -62,9 +62,10 @@ class SamplingPlan:
     @property
     def settings(self):
         """The settings (a fresh, JSON-ready dict) that make this plan."""
-        settings = {key: copy.deepcopy(getattr(self, key)) for key in SAMPLING_DEFAULTS if key != "noise_schedule"}
+        settings = {key: getattr(self, key) for key in SAMPLING_DEFAULTS}
+        settings["num_steps"] = copy.deepcopy(self.num_steps)  # section counts may be a list
         settings["noise_schedule"] = None if self.noise_schedule is None else dict(self.noise_schedule)
-        return {key: settings[key] for key in SAMPLING_DEFAULTS}
+        return settings
 
     @property
     def start_step(self):

@@ -1,6 +1,5 @@
 """Post-training searches on the tiny 8 -> 16 -> 32 cascade, with a recording `evaluate`."""
 
-import copy
 
 import keras
 import numpy as np
@@ -43,7 +42,7 @@ def test_augmentation_search_scores_what_the_pipeline_would_generate(cascade, tm
     assert [(r["mode"], r["s"]) for r in result.rows] == [
         ("non_truncated", 0), ("non_truncated", 2), ("non_truncated", 5),
         ("truncated", 0), ("truncated", 2), ("truncated", 5)]
-    head = type(pipeline)(pipeline.stages[:2], copy.deepcopy(pipeline.sampling[:2]))
+    head = type(pipeline)(pipeline.stages[:2], pipeline.sampling[:2])
     for row, seen in zip(result.rows, evaluate.seen):
         head.set_sampling("sr16", augmentation_level=row["s"], truncated=row["mode"] == "truncated")
         expected = head.generate(labels=LABELS, seed=3)
@@ -74,7 +73,7 @@ def test_noise_schedule_search_tries_the_grid_and_applies_the_best(cascade):
     result = search_noise_schedule(pipeline, "sr32", 4, evaluate, LABELS, beta_starts=(1e-3, 0.1),
                                    beta_ends=(0.05, 0.5), apply_best=True, verbose=False)
     assert [(r["beta_start"], r["beta_end"]) for r in result.rows] == [(1e-3, 0.05), (1e-3, 0.5), (0.1, 0.5)]
-    head = type(pipeline)(pipeline.stages, copy.deepcopy(cascade.sampling))
+    head = type(pipeline)(pipeline.stages, cascade.sampling)
     low = head.generate(labels=LABELS, seed=0, return_intermediates=True, output="float")[1]["sr16"]
     schedule = {"schedule": "linear", "num_timesteps": 4, "beta_start": 0.1, "beta_end": 0.5}
     head.set_sampling("sr32", noise_schedule=schedule, num_steps=None)
