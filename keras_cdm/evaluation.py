@@ -417,21 +417,48 @@ def classification_accuracy_score(train_images, train_labels, test_images, test_
         model.compile(keras.optimizers.Adam(learning_rate),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
-    scores = np.asarray(ops.convert_to_numpy(model.predict(x_test, batch_size=batch_size, verbose=0)))
-    ranked = np.argsort(-scores, axis=1, kind="stable")[:, : min(5, num_classes)]
-    correct1, correct5 = ranked[:, 0] == y_test, (ranked == y_test[:, None]).any(axis=1)
-    counts = np.bincount(y_test, minlength=num_classes)
-    per_class = np.divide(np.bincount(y_test, correct1, num_classes), counts, out=np.full(num_classes, np.nan),
-                          where=counts > 0)
-    return {"top1": float(correct1.mean()), "top5": float(correct5.mean()), "per_class_top1": per_class,
+    return {**_accuracies(model, x_test, y_test, num_classes, batch_size),
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+
+
+def pixel_classifier(input_shape, num_classes, width=256):
+    """A classifier of raw pixels: flatten, two ReLU layers of `width`, dropout, a linear
+    layer to `num_classes` logits. No convolution or pooling averages small structures
+    away, so grain on a black background moves its decisions, where the CNN of
+    `default_cas_classifier` is blind to it: a pixel-level judge beside the feature one."""
+    inputs = keras.Input(tuple(input_shape))
+    x = keras.layers.Flatten()(inputs)
+    for _ in range(2):
+        x = keras.layers.Dense(check_positive_int("width", width), activation="relu")(x)
+    x = keras.layers.Dropout(0.3)(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="pixel_classifier")
+
+
+def recognition_accuracy(classifier, images, labels, num_classes, batch_size=256):
+    """How often a trained `classifier` (images -> `num_classes` scores) recognises the
+    label each image (NHWC uint8 or [-1, 1]) was made for: `top1`, `top5` (top-min(5,
+    num_classes)) and `per_class_top1` (NaN for absent classes). With a classifier
+    trained on real images, the label accuracy of class-conditional samples."""
+    num_classes = check_positive_int("num_classes", num_classes)
+    x = _unit_range(images)
+    return _accuracies(classifier, x, _check_labels("", labels, x, num_classes), num_classes, batch_size)
+
+
+def _accuracies(model, images, labels, num_classes, batch_size):
+    scores = np.asarray(ops.convert_to_numpy(model.predict(images, batch_size=batch_size, verbose=0)))
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, : min(5, num_classes)]
+    correct1, correct5 = ranked[:, 0] == labels, (ranked == labels[:, None]).any(axis=1)
+    counts = np.bincount(labels, minlength=num_classes)
+    per_class = np.divide(np.bincount(labels, correct1, num_classes), counts, out=np.full(num_classes, np.nan),
+                          where=counts > 0)
+    return {"top1": float(correct1.mean()), "top5": float(correct5.mean()), "per_class_top1": per_class}
 
 
 def _check_labels(split, labels, images, num_classes):
     labels = np.asarray(ops.convert_to_numpy(labels))
     ok = labels.ndim == 1 and len(labels) == len(images) and np.issubdtype(labels.dtype, np.integer)
     if not ok or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
-        raise ValueError(f"`{split}_labels` must be one integer in [0, {num_classes}) per image. Received: "
+        raise ValueError(f"`{split + '_' if split else ''}labels` must be one integer in [0, {num_classes}) per image. Received: "
                          f"shape={labels.shape}, dtype={labels.dtype}, for {len(images)} images")
     return labels.astype(np.int32)
 

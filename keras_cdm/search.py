@@ -15,9 +15,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_cdm._validation import is_int
+from keras_cdm._validation import check_image_shape, is_int
 from keras_cdm.evaluation import compute_statistics, fid, histogram_distance, pixel_statistics
-from keras_cdm.images import to_uint8
+from keras_cdm.images import from_uint8, to_uint8
 from keras_cdm.pipeline import CascadedDiffusionPipeline
 
 
@@ -57,7 +57,8 @@ def stage_diagnostics(pipeline, stage, evaluate, labels, low_res_images, seed=0,
 
 
 def baseline_comparison(pipeline, evaluate, labels, real_images, seed=0, interpolation="bicubic", stages=None,
-                        batch_size=16, metric="fid", bins=32, plot_path=None, verbose=True):
+                        batch_size=16, metric="fid", bins=32, intermediates=None, plot_path=None,
+                        histogram_path=None, verbose=True):
     """Does each super-resolution stage beat a plain resize of its own inputs?
 
     The cascade samples `labels` once (with its sampling settings); for every upsampler
@@ -73,6 +74,13 @@ def baseline_comparison(pipeline, evaluate, labels, real_images, seed=0, interpo
         evaluate: `evaluate(uint8 images) -> dict` with `metric`, or a dict from stage
             name to such a callable (feature extractors often depend on the size).
         real_images: dict from stage name to real images at that stage's size.
+        intermediates: the per-stage samples of `labels` from an earlier
+            `pipeline.generate(..., return_intermediates=True)` (uint8 or floats in
+            [-1, 1]), to score them without sampling again; the cascade samples
+            `labels` with `seed` when None.
+        plot_path: a PNG of `metric` per stage, stage vs resize.
+        histogram_path: a PNG of the pixel-value histograms (log scale) of the real
+            images, the stage's outputs and the resize, one panel per stage.
 
     Returns a `SearchResult` whose rows are (stage, images = "stage" or the
     interpolation) with the scores; `result.best` is meaningless across stages: read
@@ -90,23 +98,74 @@ def baseline_comparison(pipeline, evaluate, labels, real_images, seed=0, interpo
     missing = [names[k] for k in chosen if not isinstance(real_images, dict) or names[k] not in real_images]
     if missing:
         raise ValueError(f"`real_images` must map every compared stage to real images at its size. Missing: {missing}")
-    _, samples = pipeline.generate(labels=labels, seed=seed, batch_size=batch_size, return_intermediates=True,
-                                   output="float", verbose=False)
-    rows = []
+    samples = _intermediates(pipeline, chosen, labels, intermediates) if intermediates is not None else \
+        pipeline.generate(labels=labels, seed=seed, batch_size=batch_size, return_intermediates=True,
+                          output="float", verbose=False)[1]
+    rows, histograms = [], {}
     for k in chosen:
         size, real = pipeline.stages[k].unet.image_size, real_images[names[k]]
-        resized = keras.ops.image.resize(samples[names[k - 1]], (size, size), interpolation=interpolation)
+        previous, outputs = (from_uint8(np.asarray(samples[names[j]]), name=f"intermediates[{names[j]!r}]")
+                             for j in (k - 1, k))
+        resized = keras.ops.convert_to_numpy(keras.ops.image.resize(previous, (size, size),
+                                                                     interpolation=interpolation))
         score = evaluate[names[k]] if isinstance(evaluate, dict) else evaluate
-        for kind, images in (("stage", samples[names[k]]), (interpolation, keras.ops.convert_to_numpy(resized))):
+        histograms[names[k]] = {"real": pixel_statistics(real, bins)["histogram"]}
+        for kind, images in (("stage", outputs), (interpolation, resized)):
             images = to_uint8(images)
+            statistics = pixel_statistics(images, bins)
+            histograms[names[k]][kind] = statistics["histogram"]
             rows.append({"stage": names[k], "images": kind, **_scores(score, images, metric),
-                         "near_black": pixel_statistics(images, bins)["near_black"],
+                         "near_black": statistics["near_black"],
                          "histogram_distance": histogram_distance(images, real, bins)})
         if verbose:
             print(f"{names[k]}: real images have near_black={pixel_statistics(real, bins)['near_black']:.4g}")
-    result = SearchResult(f"Stages vs a {interpolation} resize of their inputs ({len(labels)} samples)", ["stage", "images"], rows, metric, True)
+    result = SearchResult(f"Stages vs a {interpolation} resize of their inputs ({len(labels)} samples)",
+                          ["stage", "images"], rows, metric, True)
     _finish(result, verbose, plot_path, x="images", group="stage")
+    if histogram_path is not None:
+        _plot_histograms(histograms, histogram_path, f"Pixel values: stages vs a {interpolation} resize")
     return result
+
+
+def _intermediates(pipeline, chosen, labels, intermediates):
+    """The given per-stage samples, checked: every compared stage and its input, one image per label."""
+    names, count = pipeline.stage_names, len(labels)
+    needed = sorted({names[j] for k in chosen for j in (k - 1, k)}, key=names.index)
+    bad = [name for name in needed if not isinstance(intermediates, dict) or name not in intermediates
+           or np.shape(intermediates[name])[:1] != (count,)]
+    if bad:
+        shapes = {name: np.shape(intermediates[name]) for name in needed
+                  if isinstance(intermediates, dict) and name in intermediates}
+        raise ValueError(f"`intermediates` must map each of {needed} to one image per label ({count}). "
+                         f"Wrong or missing: {bad}; received shapes: {shapes}")
+    for k in chosen:
+        check_image_shape(f"intermediates[{names[k]!r}]", np.shape(intermediates[names[k]]),
+                          pipeline.stages[k].unet.image_size, pipeline.stages[k].unet.image_channels, batch=count,
+                          where="")
+    return intermediates
+
+
+def _plot_histograms(histograms, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(histograms), figsize=(4.5 * len(histograms), 3.5), dpi=100, squeeze=False)
+    for axis, (stage, curves) in zip(axes[0], histograms.items()):
+        for label, histogram in curves.items():
+            centres = (np.arange(len(histogram)) + 0.5) / len(histogram)
+            axis.semilogy(centres, np.where(histogram > 0, histogram, np.nan), marker=".", label=label)  # gaps: none
+        axis.set_title(stage, fontsize=9)
+        axis.set_xlabel("pixel value (0 = black)")
+        axis.set_ylabel("fraction of pixels")
+        axis.legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
 
 
 def stage_beats_baseline(result):

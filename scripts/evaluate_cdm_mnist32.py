@@ -9,6 +9,12 @@ Parts (each merges its numbers into <out>/results.json and prints a Markdown tab
             split), label accuracy of the samples, and the Classification Accuracy
             Score (a classifier trained on generated digits only, tested on the
             held-out real digits) next to the same classifier trained on real digits
+  baseline  every super-resolution stage vs a bicubic resize of its own inputs (the same
+            samples): domain FID, near-black fraction, pixel-histogram distance to the
+            real digits (keras_cdm.search.baseline_comparison), with plots
+  recognition  label accuracy of the 32x32 outputs, of the 16x16 outputs resized bicubically,
+            and of real held-out digits, by two judges trained on real digits: the CNN of
+            the domain FID and a pixel-level classifier (evaluation.pixel_classifier)
   table3    the paper's Table 3a/3b for the 8->16 stage: FID at 16x16 over the
             augmentation level s, truncated and non-truncated, conditioned on
             generated 8x8 samples and on real downsampled held-out digits
@@ -16,7 +22,9 @@ Parts (each merges its numbers into <out>/results.json and prints a Markdown tab
             from --noblur-stage), both fed the same generated 16x16 samples
   steps     the 16->32 stage sampled with 4, 10, 25 and 100 steps (Figure 8): for each
             count the best linear inference schedule of a small grid
-  pictures  the 10x10 grid and one seed through every stage
+  mismatch  Table 3a with a real train/test mismatch: the base stage sampled with few
+            steps (--mismatch-base-steps), the 8->16 stage swept over s in both modes
+  pictures  the 10x10 grid, one seed through every stage, and stage vs bicubic resize
 """
 
 import argparse
@@ -31,11 +39,15 @@ from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, save_image_grid
 from keras_cdm.data import mnist_subset, resize_images
 from keras_cdm.images import from_uint8
 from keras_cdm.evaluation import (ClassifierFeatures, classification_accuracy_score, compute_statistics,
-                                  default_cas_classifier, fid)
-from keras_cdm.search import sample_quality, search_augmentation_level, search_noise_schedule
+                                  default_cas_classifier, fid, pixel_classifier, pixel_statistics,
+                                  recognition_accuracy)
+from keras_cdm.search import (baseline_comparison, sample_quality, search_augmentation_level, search_noise_schedule,
+                              stage_beats_baseline)
 
-PARTS = ("quality", "table3", "blur", "steps", "pictures")
+PARTS = ("quality", "baseline", "recognition", "table3", "mismatch", "blur", "steps", "pictures")
 LEVELS = (0, 41, 101, 201, 301, 481)  # s - 1 on the base stage's ddim50 grid (stride 20), so truncation works
+MISMATCH_LEVELS = (0, 101, 201, 301, 401)  # s - 1 on a ddim10 grid (stride 100)
+CLASSIFIERS = {"cnn": default_cas_classifier, "pixel": pixel_classifier}
 # candidate linear inference schedules (beta from 1e-4 to beta_end, posterior variances) per number of steps
 BETA_ENDS = {4: (0.5, 0.9), 10: (0.3, 0.6, 0.9), 25: (0.1, 0.3, 0.6), 100: (0.05, 0.2)}
 
@@ -45,12 +57,13 @@ def real_digits(split, size):
     return np.asarray(resize_images(from_uint8(images), size)), labels
 
 
-def domain_classifier(size, out, seed=0):
-    """The feature extractor of the domain FID: `default_cas_classifier` trained on the
-    real training digits at `size` (cached in `out`); returns (model, held-out accuracy)."""
-    path = Path(out) / f"classifier_{size}.weights.h5"
+def domain_classifier(size, out, seed=0, kind="cnn"):
+    """A classifier trained on the real training digits at `size` (cached in `out`):
+    "cnn" (`default_cas_classifier`, the feature extractor of the domain FID) or "pixel"
+    (`pixel_classifier`); returns (model, held-out accuracy)."""
+    path = Path(out) / f"classifier_{size}{'' if kind == 'cnn' else '_' + kind}.weights.h5"
     keras.utils.set_random_seed(seed)
-    model = default_cas_classifier((size, size, 1), 10)
+    model = CLASSIFIERS[kind]((size, size, 1), 10)
     if path.exists():
         model.load_weights(path)
     else:
@@ -70,11 +83,12 @@ class Context:
         self.results_path = self.out / "results.json"
         self._classifiers, self._references = {}, {}
 
-    def classifier(self, size):
-        if size not in self._classifiers:
-            self._classifiers[size] = domain_classifier(size, self.out)
-            self.save({f"classifier_{size}_heldout_accuracy": self._classifiers[size][1]})
-        return self._classifiers[size][0]
+    def classifier(self, size, kind="cnn"):
+        if (size, kind) not in self._classifiers:
+            self._classifiers[size, kind] = domain_classifier(size, self.out, kind=kind)
+            name = f"classifier_{size}{'' if kind == 'cnn' else '_' + kind}_heldout_accuracy"
+            self.save({name: self._classifiers[size, kind][1]})
+        return self._classifiers[size, kind][0]
 
     def reference(self, split, size):
         """Feature statistics of the real digits of `split` (computed once per split and size)."""
@@ -93,23 +107,27 @@ class Context:
         self.results_path.write_text(json.dumps(results, indent=1, default=float))
 
     def samples(self):
-        """The --num-samples cascade samples (balanced labels), generated once and kept."""
-        path = self.out / "samples.npz"
-        if not path.exists():
+        """The --num-samples cascade samples (balanced labels) and every stage's output
+        ({stage name: images}, floats in [-1, 1]), generated once and kept while the
+        preset's weights, the seed and the count stay the same."""
+        path, names = self.out / "samples.npz", self.pipeline.stage_names
+        fingerprint = np.array([float(sum(np.abs(keras.ops.convert_to_numpy(w)).sum() for w in stage.weights))
+                                for stage in self.pipeline.stages] + [self.args.seed, self.args.num_samples])
+        if not path.exists() or not np.array_equal(np.load(path).get("fingerprint"), fingerprint):
             labels = np.arange(self.args.num_samples) % 10
             start = time.time()
-            images, steps = self.pipeline.generate(labels=labels, seed=self.args.seed, batch_size=250,
-                                                   return_intermediates=True, output="float", verbose=True)
-            names = self.pipeline.stage_names
-            np.savez_compressed(path, labels=labels, images=images, low16=steps[names[1]])
+            _, steps = self.pipeline.generate(labels=labels, seed=self.args.seed, batch_size=250,
+                                              return_intermediates=True, output="float", verbose=True)
+            np.savez_compressed(path, labels=labels, fingerprint=fingerprint, **{f"stage_{n}": steps[n] for n in names})
             self.save({"sampling_seconds": round(time.time() - start, 1),
                        "sampling_seconds_per_stage": {k: round(v, 1) for k, v in self.pipeline.last_timings.items()}})
         data = np.load(path)
-        return data["images"], data["labels"], data["low16"]
+        return data["labels"], {n: data[f"stage_{n}"] for n in names}
 
 
 def part_quality(ctx):
-    images, labels, _ = ctx.samples()
+    labels, steps = ctx.samples()
+    images = steps[ctx.pipeline.stage_names[-1]]
     extractor = ClassifierFeatures(ctx.classifier(32))
     generated = compute_statistics(images, extractor, batch_size=250)
     held, train = ctx.reference("heldout", 32), ctx.reference("train", 32)
@@ -130,6 +148,49 @@ def part_quality(ctx):
     print("\n| measure | value |\n| --- | --- |")
     for key, value in results.items():
         print(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+
+
+def part_baseline(ctx):
+    labels, steps = ctx.samples()
+    sizes = {name: stage.unet.image_size for name, stage in zip(ctx.pipeline.stage_names, ctx.pipeline.stages)}
+    upsamplers = ctx.pipeline.stage_names[1:]
+    real = {name: real_digits("train", sizes[name])[0] for name in upsamplers}
+    result = baseline_comparison(ctx.pipeline, {name: ctx.evaluate(sizes[name]) for name in upsamplers}, labels,
+                                 real, intermediates=steps, plot_path=ctx.out / "baseline.png",
+                                 histogram_path=ctx.out / "baseline_histograms.png")
+    verdicts = stage_beats_baseline(result)
+    real_black = {name: pixel_statistics(real[name])["near_black"] for name in upsamplers}
+    ctx.save({"baseline": {"samples": len(labels), "rows": result.rows, "beats_bicubic": verdicts,
+                           "real_near_black": real_black}})
+    print("\n| stage | images | domain FID (vs training digits) | near-black (real: see stage) "
+          "| histogram distance to the real digits |\n| --- | --- | ---: | ---: | ---: |")
+    for row in result.rows:
+        print(f"| {row['stage']} | {row['images']} | {row['fid']:.1f} | {100 * row['near_black']:.1f} % "
+              f"(real {100 * real_black[row['stage']]:.1f} %) | {row['histogram_distance']:.4f} |")
+    print(f"beats the bicubic resize (FID and histogram distance): {verdicts}")
+
+
+def part_recognition(ctx):
+    labels, steps = ctx.samples()
+    names = ctx.pipeline.stage_names
+    bicubic = keras.ops.convert_to_numpy(keras.ops.image.resize(steps[names[-2]], (32, 32), interpolation="bicubic"))
+    x_held, y_held = real_digits("heldout", 32)
+    sets = {"real held-out digits": (x_held, y_held), f"{names[-1]} outputs (32x32)": (steps[names[-1]], labels),
+            f"{names[-2]} outputs, bicubic to 32x32": (np.clip(bicubic, -1, 1), labels)}
+    results = {}
+    for name, (images, truth) in sets.items():
+        results[name] = {"near_black": pixel_statistics(images)["near_black"]}
+        for kind in CLASSIFIERS:
+            accuracy = recognition_accuracy(ctx.classifier(32, kind), images, truth, 10)
+            results[name][kind] = accuracy["top1"]
+            results[name][f"{kind}_per_class"] = accuracy["per_class_top1"].tolist()
+    ctx.save({"recognition": results})
+    print("\n| 32x32 images | CNN recognises | pixel classifier recognises | lowest class (pixel) | near-black |"
+          "\n| --- | ---: | ---: | ---: | ---: |")
+    for name, row in results.items():
+        low = int(np.argmin(row["pixel_per_class"]))
+        print(f"| {name} | {100 * row['cnn']:.1f} % | {100 * row['pixel']:.1f} % | "
+              f"{low}: {100 * row['pixel_per_class'][low]:.1f} % | {100 * row['near_black']:.1f} % |")
 
 
 def part_table3(ctx):
@@ -170,6 +231,35 @@ def part_table3(ctx):
               f"{cell(('ground_truth', s), 'fid')} | {cell(('ground_truth', s), 'fid_heldout')} |")
 
 
+def part_mismatch(ctx):
+    """Table 3a where the generated inputs differ from the real ones: the base stage sampled
+    with --mismatch-base-steps steps; its 8x8 samples' FID shows the mismatch."""
+    n, steps = ctx.args.table3_samples, ctx.args.mismatch_base_steps
+    labels = np.arange(n) % 10
+    pipeline = CascadedDiffusionPipeline(ctx.pipeline.stages, ctx.pipeline.sampling)
+    base = {}
+    for setting in (ctx.pipeline.plans[0].num_steps, steps):
+        pipeline.set_sampling(0, num_steps=setting)
+        head = CascadedDiffusionPipeline(pipeline.stages[:1], pipeline.sampling[:1])
+        low8 = head.generate(labels=labels, seed=ctx.args.seed, batch_size=250, verbose=False)
+        base[str(setting)] = {"fid_8x8": ctx.evaluate(8)(low8)["fid"],
+                              "near_black_8x8": pixel_statistics(low8)["near_black"]}
+    real8 = real_digits("heldout", 8)[0]
+    base["real held-out"] = {"fid_8x8": fid(ctx.reference("train", 8),
+                                            compute_statistics(real8, ClassifierFeatures(ctx.classifier(8)))),
+                             "near_black_8x8": pixel_statistics(real8)["near_black"]}
+    result = search_augmentation_level(pipeline, 1, MISMATCH_LEVELS, ctx.evaluate(16), labels, seed=ctx.args.seed,
+                                       batch_size=250, plot_path=ctx.out / "table3a_mismatch.png")
+    ctx.save({"mismatch": {"samples": n, "base_num_steps": steps, "base": base, "rows": result.rows}})
+    print("\n| base stage sampling | FID at 8x8 (vs training digits) | near-black |\n| --- | ---: | ---: |")
+    for name, row in base.items():
+        print(f"| {name} | {row['fid_8x8']:.2f} | {100 * row['near_black_8x8']:.1f} % |")
+    rows = {(r["mode"], r["s"]): r["fid"] for r in result.rows}
+    print("\n| s | non-truncated | truncated |\n| ---: | ---: | ---: |")
+    for s in MISMATCH_LEVELS:
+        print(f"| {s} | {rows['non_truncated', s]:.2f} | {rows['truncated', s]:.2f} |")
+
+
 def _sr32_fid(ctx, pipeline, low16, labels):
     images = pipeline.generate(labels=labels, seed=ctx.args.seed, batch_size=250, start_stage=2,
                                low_res_images=low16, verbose=False)
@@ -177,7 +267,8 @@ def _sr32_fid(ctx, pipeline, low16, labels):
 
 
 def part_blur(ctx):
-    _, labels, low16 = ctx.samples()
+    labels, steps = ctx.samples()
+    low16 = steps[ctx.pipeline.stage_names[-2]]
     n = ctx.args.ablation_samples
     noblur = DiffusionModel.from_preset(ctx.args.noblur_stage)
     variant = CascadedDiffusionPipeline(ctx.pipeline.stages[:2] + [noblur], ctx.pipeline.sampling)
@@ -190,7 +281,8 @@ def part_blur(ctx):
 
 
 def part_steps(ctx):
-    _, labels, low16 = ctx.samples()
+    labels, steps = ctx.samples()
+    low16 = steps[ctx.pipeline.stage_names[-2]]
     n = ctx.args.steps_samples
     rows = []
     for steps, ends in BETA_ENDS.items():
@@ -215,6 +307,14 @@ def part_pictures(ctx):
               for name in ctx.pipeline.stage_names]
     path = save_image_grid(np.concatenate(stages).astype("uint8"), ctx.out / "stages.png", columns=10)
     print(f"\nwrote {ctx.out / 'grid.png'} and {path} (rows: 8x8, 16x16, 32x32; nearest-neighbour enlarged)")
+    # The last stage vs a bicubic resize of its own inputs, for 20 of the grid's samples.
+    names, pick = ctx.pipeline.stage_names, np.arange(0, 100, 5)
+    low = from_uint8(steps[names[-2]][pick])
+    bicubic = keras.ops.convert_to_numpy(keras.ops.image.resize(low, (32, 32), interpolation="bicubic"))
+    rows = [np.clip(bicubic[:10], -1, 1), from_uint8(images[pick[:10]]),
+            np.clip(bicubic[10:], -1, 1), from_uint8(images[pick[10:]])]
+    path = save_image_grid(np.concatenate(rows), ctx.out / "stage_vs_bicubic.png", columns=10)
+    print(f"wrote {path} (rows 1 and 3: the 16x16 samples resized bicubically; 2 and 4: the {names[-1]} stage)")
 
 
 def main(argv=None):
@@ -229,6 +329,8 @@ def main(argv=None):
     parser.add_argument("--table3-inputs", nargs="+", choices=("generated", "real"), default=["generated", "real"])
     parser.add_argument("--ablation-samples", type=int, default=1000)
     parser.add_argument("--steps-samples", type=int, default=500)
+    parser.add_argument("--mismatch-base-steps", default="ddim10",
+                        help="the base stage's few-step sampling of the mismatch part (its grid must hold s - 1)")
     args = parser.parse_args(argv)
     ctx = Context(args)
     for part in args.only:

@@ -12,7 +12,7 @@ import pytest
 from keras_cdm import evaluation
 from keras_cdm.evaluation import (ClassifierFeatures, FeatureStatistics, InceptionScore, InceptionV3Features,
                                   classification_accuracy_score, compute_statistics, default_cas_classifier, fid,
-                                  frechet_distance, inception_score)
+                                  frechet_distance, inception_score, pixel_classifier, recognition_accuracy)
 from keras_cdm.testing import mnist_digits, to_numpy
 
 neutral = pytest.mark.backend_neutral
@@ -372,3 +372,38 @@ def test_evaluation_does_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def _pixel_argmax_model(num_pixels):
+    """A classifier whose logits are the pixel values themselves (class c = pixel c)."""
+    inputs = keras.Input((1, num_pixels, 1))
+    dense = keras.layers.Dense(num_pixels, use_bias=False)
+    outputs = dense(keras.layers.Flatten()(inputs))
+    dense.kernel.assign(np.eye(num_pixels, dtype="float32"))
+    return keras.Model(inputs, outputs)
+
+
+def test_recognition_accuracy_closed_form():
+    brightest = np.array([0, 1, 2, 3, 0, 1])  # the class each image's logits pick
+    images = np.full((6, 1, 4, 1), 10, np.uint8)
+    images[np.arange(6), 0, brightest, 0] = 250
+    labels = np.array([0, 1, 0, 3, 1, 1])  # right, right, wrong, right, wrong, right
+    result = recognition_accuracy(_pixel_argmax_model(4), images, labels, num_classes=4)
+    assert result["top1"] == pytest.approx(4 / 6) and result["top5"] == 1.0  # top-min(5, 4) holds every class
+    np.testing.assert_allclose(result["per_class_top1"], [1 / 2, 2 / 3, np.nan, 1.0])  # no class-2 image
+    floats = images.astype("float32") / 127.5 - 1.0  # the same images in [-1, 1]
+    assert recognition_accuracy(_pixel_argmax_model(4), floats, labels, 4)["top1"] == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match=r"`labels` must be one integer in \[0, 4\)"):
+        recognition_accuracy(_pixel_argmax_model(4), images, labels[:5], 4)
+    with pytest.raises(ValueError, match=r"`images` must be an \(N, H, W, C\) array"):
+        recognition_accuracy(_pixel_argmax_model(4), images[0], labels, 4)
+
+
+def test_pixel_classifier_is_dense_on_raw_pixels():
+    model = pixel_classifier((8, 8, 1), 3, width=16)
+    assert model.output_shape == (None, 3)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert kinds == {"InputLayer", "Flatten", "Dense", "Dropout"}  # no convolution or pooling averages grain away
+    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [16, 16, 3]
+    with pytest.raises(ValueError, match="`width` must be a positive integer"):
+        pixel_classifier((8, 8, 1), 3, width=0)

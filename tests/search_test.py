@@ -180,3 +180,43 @@ def to_uint8_mean(images):
     from keras_cdm.images import to_uint8
 
     return float(to_uint8(images).mean())
+
+
+def test_baseline_comparison_scores_given_intermediates_without_sampling(cascade, tmp_path):
+    from keras_cdm.search import baseline_comparison
+
+    pipeline = type(cascade)(cascade.stages, cascade.sampling)
+    pipeline.set_sampling("sr16", truncated=False)
+    labels = [0, 1, 2, 0]
+    real = {"sr16": np.zeros((4, 16, 16, 1), np.uint8), "sr32": np.full((4, 32, 32, 1), 255, np.uint8)}
+    brightness = lambda images: {"fid": float(images.mean())}  # noqa: E731
+    _, samples = pipeline.generate(labels=labels, seed=3, return_intermediates=True)  # uint8
+    sampled = baseline_comparison(pipeline, brightness, labels, real, seed=3, verbose=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cascade must not sample when intermediates are given")
+
+    pipeline.generate = refuse
+    given = baseline_comparison(pipeline, brightness, labels, real, intermediates=samples, verbose=False,
+                                histogram_path=tmp_path / "histograms.png")
+    assert (tmp_path / "histograms.png").stat().st_size > 0
+    for a, b in zip(sampled.rows, given.rows):
+        assert a["stage"] == b["stage"] and a["images"] == b["images"]
+        if a["images"] == "stage":  # uint8 intermediates score as the float samples they round to
+            assert a == b
+        else:  # the resize of rounded vs unrounded inputs: within a rounding step
+            assert a["fid"] == pytest.approx(b["fid"], abs=1.0)
+            assert a["near_black"] == pytest.approx(b["near_black"], abs=0.01)
+    assert given.rows[2]["fid"] == pytest.approx(float(samples["sr32"].mean()))
+    with pytest.raises(ValueError, match=r"Wrong or missing: \['base'\]"):
+        baseline_comparison(pipeline, brightness, labels, real, intermediates={k: v for k, v in samples.items()
+                                                                               if k != "base"}, verbose=False)
+    with pytest.raises(ValueError, match=r"Wrong or missing: \['sr32'\]"):
+        baseline_comparison(pipeline, brightness, labels, real, verbose=False,
+                            intermediates={**samples, "sr32": samples["sr32"][:3]})
+    with pytest.raises(ValueError, match=r"`intermediates\['sr32'\]` must have shape \(4, 32, 32, 1\)"):
+        baseline_comparison(pipeline, brightness, labels, real, verbose=False,
+                            intermediates={**samples, "sr32": samples["sr16"]})
+    with pytest.raises(ValueError, match=r"`intermediates\['sr16'\]` must be integers in \[0, 255\]"):
+        baseline_comparison(pipeline, brightness, labels, real, verbose=False,
+                            intermediates={**samples, "sr16": samples["sr16"].astype("float32")})
