@@ -155,7 +155,7 @@ def _plot_histograms(histograms, path, title):
     for axis, (stage, curves) in zip(axes[0], histograms.items()):
         for label, histogram in curves.items():
             centres = (np.arange(len(histogram)) + 0.5) / len(histogram)
-            axis.semilogy(centres, np.where(histogram > 0, histogram, np.nan), marker=".", label=label)  # gaps: none
+            axis.semilogy(centres, np.where(histogram > 0, histogram, np.nan), marker=".", label=label)
         axis.set_title(stage, fontsize=9)
         axis.set_xlabel("pixel value (0 = black)")
         axis.set_ylabel("fraction of pixels")
