@@ -4,9 +4,83 @@ Every public entry point checks its inputs once, with these checkers; the code
 below an entry point trusts what it is handed.
 """
 
+import inspect
+import math
 import numbers
+import re
 
 import numpy as np
+
+# Upper bounds, checked before anything is built or read: they keep a config or a
+# preset from an untrusted source from exhausting memory or time. The defaults are
+# documented in docs/reliability.md; raise one (e.g. `LIMITS["image_size"] = 8192`,
+# also reachable as `keras_cdm.presets.LIMITS`) to build something larger.
+LIMITS = {
+    # model sizes (DiffusionUNet, GaussianDiffusion, conditioning augmentation)
+    "image_size": 4096,  # pixels, also low_res_size
+    "image_channels": 64,
+    "channels": 8192,  # of any U-Net level (base_channels * multiplier)
+    "levels": 16,  # len(channel_multipliers), len(attention_resolutions)
+    "num_res_blocks": 16,
+    "num_heads": 1024,
+    "num_groups": 1024,
+    "num_classes": 100_000,
+    "parameters": 2_000_000_000,  # of a U-Net, counted from its config before it is built
+    "num_timesteps": 100_000,
+    "kernel_size": 63,  # of the blur augmentation
+    "noise_level_scale": 1e6,
+    # preset files and names
+    "json_bytes": 1 << 20,  # config.json / metadata.json
+    "json_depth": 32,  # nesting of objects and lists in them
+    "name_length": 96,  # Hub owner / repo names, stage subfolders (as the Hub's repo names)
+    "revision_length": 255,
+    "stages": 32,  # of a cascade
+}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A name that becomes part of a path or a URL: one part of a Hub handle, a stage
+# subfolder, one '/'-separated part of a revision (used with fullmatch).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def shown(value, limit=200):
+    """`repr(value)`, shortened to `limit` characters (errors quote what they received)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return f"<{type(value).__name__} of {value.bit_length()} bits>" if is_int(value) else "<unprintable>"
+    return text if len(text) <= limit else f"{text[:limit - 20]}...<{len(text)} characters>"
+
+
+
+
+def check_config(cls, config, extra=("name", "trainable")):
+    """`config` (for `cls.from_config`) is a dict holding every required argument of
+    `cls.__init__` and nothing else but its other arguments and `extra` (Keras' own)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"The config of a {cls.__name__} must be a dict. Received: config={shown(config)}")
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    arguments = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:] if p.kind in kinds]
+    allowed = {p.name for p in arguments} | set(extra)
+    unknown = sorted(set(config) - allowed, key=str)
+    missing = sorted(p.name for p in arguments if p.default is p.empty and p.name not in config)
+    if unknown or missing:
+        problem = f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
+        raise ValueError(f"The config of a {cls.__name__} takes the keys {sorted(allowed)}: {problem}. "
+                         f"Received: config keys {shown(sorted(config, key=str))}")
+    return config
+
+
+def is_name(value, limit=None):
+    """A safe name (see `name_rule`): a string that is no path and no URL trick."""
+    limit = LIMITS["name_length"] if limit is None else limit
+    return isinstance(value, str) and len(value) <= limit and bool(_NAME.fullmatch(value)) and ".." not in value
+
+
+def name_rule(limit=None):
+    """The rule of `is_name`, in words."""
+    return (f"1 to {LIMITS['name_length'] if limit is None else limit} ASCII letters, digits, '_', '-' and '.', "
+            "starting with a letter or a digit, with no '..'")
 
 
 def is_int(value):
@@ -16,7 +90,7 @@ def is_int(value):
 
 def check_positive_int(name, value):
     if not is_int(value) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={shown(value)}")
     return int(value)
 
 
@@ -24,13 +98,50 @@ def check_int(name, value, low, high=None):
     """An integer in [low, high] (no upper bound when `high` is None)."""
     if not is_int(value) or value < low or (high is not None and value > high):
         allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={shown(value)}")
     return int(value)
+
+
+def check_size(name, value, limit=None):
+    """A positive integer at most LIMITS[limit] (`limit` defaults to `name`): a size with a bound."""
+    key = limit or name
+    value = check_positive_int(name, value)
+    if value > LIMITS[key]:
+        raise ValueError(f"`{name}` must be a positive integer <= {LIMITS[key]} (the bound of "
+                         f"keras_cdm.presets.LIMITS[{key!r}]). Received: {name}={shown(value)}")
+    return value
+
+
+def check_finite(name, value, low, high):
+    """A finite real number in [low, high] (not a bool)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not low <= value <= high:
+        raise ValueError(f"`{name}` must be a finite number in [{low}, {high}]. Received: {name}={shown(value)}")
+    return float(value)
+
+
+def check_text(name, value, max_length=None, allow_none=False):
+    """A string without control characters (and at most `max_length` characters)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or _CONTROL.search(value) or (max_length is not None and len(value) > max_length):
+        limit = "" if max_length is None else f" of at most {max_length} characters"
+        none = " or None" if allow_none else ""
+        raise ValueError(f"`{name}` must be a string{limit} without control characters{none}. "
+                         f"Received: {name}={shown(value)}")
+    return value
+
+
+def check_generator_seed(seed, name="seed"):
+    """None or a seed a `keras.random.SeedGenerator` takes: an integer in [0, 2**32)."""
+    if seed is not None and (not is_int(seed) or not 0 <= seed < 2**32):
+        raise ValueError(f"`{name}` must be None or an integer in [0, 2**32). Received: {name}={shown(seed)}")
+    return None if seed is None else int(seed)
 
 
 def check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={shown(value)}")
     return bool(value)
 
 
@@ -39,20 +150,20 @@ def check_range(name, value, low, high, high_inclusive=True):
     ok = ok and low <= value and (value <= high if high_inclusive else value < high)
     if not ok:
         bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"`{name}` must be a number in [{low}, {high}{bracket}. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be a number in [{low}, {high}{bracket}. Received: {name}={shown(value)}")
     return float(value)
 
 
 def check_non_negative(name, value):
     """A real number >= 0 (not a bool)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={shown(value)}")
     return float(value)
 
 
 def check_choice(name, value, allowed):
     if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be one of {list(allowed)}. Received: {name}={shown(value)}")
     return value
 
 
@@ -65,7 +176,7 @@ def check_int_tuple(name, value, allow_empty=False):
     if items is None or (not items and not allow_empty) or not all(is_int(v) and v > 0 for v in items):
         raise ValueError(
             f"`{name}` must be a {'' if allow_empty else 'non-empty '}sequence of positive "
-            f"integers. Received: {name}={value!r}"
+            f"integers. Received: {name}={shown(value)}"
         )
     return tuple(int(v) for v in items)
 

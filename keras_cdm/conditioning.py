@@ -22,7 +22,14 @@ forward process after s steps (index s - 1 of `GaussianDiffusion`), so
 import keras
 from keras import ops
 
-from keras_cdm._validation import check_positive_int, check_range
+from keras_cdm._validation import (
+    check_finite,
+    check_generator_seed,
+    check_positive_int,
+    check_range,
+    check_size,
+    shown,
+)
 from keras_cdm.diffusion import GaussianDiffusion
 from keras_cdm.seeding import AUGMENTATION_NOISE_COUNTER, stateless_normal
 
@@ -95,7 +102,7 @@ class GaussianConditioningAugmentation(ConditioningAugmentation):
         if self.max_level != max_level:
             raise ValueError(f"`max_level` must be an integer. Received: max_level={max_level!r}")
         self.schedule = schedule
-        self.seed = seed
+        self.seed = check_generator_seed(seed)
         self.diffusion = GaussianDiffusion(self.num_timesteps, schedule)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -177,17 +184,18 @@ class BlurConditioningAugmentation(ConditioningAugmentation):
 
     def __init__(self, sigma_range=(0.4, 0.6), probability=0.5, kernel_size=3, seed=None, **kwargs):
         super().__init__(**kwargs)
-        low, high = (float(v) for v in sigma_range)
+        pair = list(sigma_range) if isinstance(sigma_range, (list, tuple)) and len(sigma_range) == 2 else None
+        low, high = (0.0, 0.0) if pair is None else (check_finite("sigma_range", v, 0.0, 1e3) for v in pair)
         if not 0.0 < low <= high:
             raise ValueError(
-                f"`sigma_range` must be (low, high) with 0 < low <= high. Received: sigma_range={sigma_range!r}"
+                f"`sigma_range` must be (low, high) with 0 < low <= high. Received: sigma_range={shown(sigma_range)}"
             )
         self.sigma_range = (low, high)
         self.probability = check_range("probability", probability, 0.0, 1.0)
-        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.kernel_size = check_size("kernel_size", kernel_size)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd. Received: kernel_size={kernel_size}")
-        self.seed = seed
+        self.seed = check_generator_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def blur(self, images, sigmas):

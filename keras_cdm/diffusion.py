@@ -15,7 +15,7 @@ from keras import ops
 
 from keras_cdm import losses
 from keras_cdm import schedules as sched
-from keras_cdm._validation import check_choice, check_positive_int, is_int
+from keras_cdm._validation import check_choice, check_config, check_finite, check_size, is_int, shown
 from keras_cdm.seeding import INITIAL_NOISE_COUNTER, stateless_normal, step_counter
 
 PREDICTIONS = ("epsilon", "x_start")
@@ -69,10 +69,14 @@ class GaussianDiffusion:
         loss="mse",
         conditioning="timestep",
     ):
-        self.original_num_timesteps = check_positive_int("num_timesteps", num_timesteps)
+        self.original_num_timesteps = check_size("num_timesteps", num_timesteps)
         self.schedule = check_choice("schedule", schedule, sched.SCHEDULES)
-        self.beta_start = beta_start
-        self.beta_end = beta_end
+        self.beta_start = None if beta_start is None else check_finite("beta_start", beta_start, 0.0, 1.0)
+        self.beta_end = None if beta_end is None else check_finite("beta_end", beta_end, 0.0, 1.0)
+        if not (section_counts is None or isinstance(section_counts, str) or is_int(section_counts) or (
+                isinstance(section_counts, (list, tuple)) and all(is_int(count) for count in section_counts))):
+            raise ValueError('`section_counts` must be None, a string such as "100" or "ddim50", or integers. '
+                             f"Received: section_counts={shown(section_counts)}")
         self.section_counts = list(section_counts) if isinstance(section_counts, (list, tuple)) else section_counts
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
         self.variance = check_choice("variance", variance, VARIANCES)
@@ -131,7 +135,7 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**check_config(cls, config, extra=()))
 
     def respace(self, section_counts):
         """The same process restricted to the steps chosen by `section_counts`."""

@@ -17,7 +17,15 @@ from keras import ops
 
 from keras_cdm import presets
 from keras_cdm._compile import compile_with_model
-from keras_cdm._validation import check_choice, check_image_shape, check_labels, check_positive_int
+from keras_cdm._validation import (
+    check_bool,
+    check_choice,
+    check_config,
+    check_generator_seed,
+    check_image_shape,
+    check_labels,
+    check_positive_int,
+)
 from keras_cdm.conditioning import ConditioningAugmentation
 from keras_cdm.diffusion import GaussianDiffusion
 from keras_cdm.ema import Adam
@@ -70,9 +78,9 @@ class DiffusionModel(keras.Model):
             raise ValueError("`augmentation` must be a GaussianConditioningAugmentation, a "
                              "BlurConditioningAugmentation or another subclass of ConditioningAugmentation. "
                              "Received: the ConditioningAugmentation interface itself")
-        self.random_flip = bool(random_flip)
+        self.random_flip = check_bool("random_flip", random_flip)
         self.low_res_interpolation = check_choice("low_res_interpolation", low_res_interpolation, INTERPOLATIONS)
-        self.seed = seed
+        self.seed = check_generator_seed(seed)
         _check_stage(self.unet, self.diffusion, self.augmentation)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.mse_tracker = keras.metrics.Mean(name="mse")
@@ -421,7 +429,7 @@ class DiffusionModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**check_config(cls, config))
 
 
 def _deserialize(obj, classes, name):

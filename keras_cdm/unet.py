@@ -11,11 +11,15 @@ from keras import ops
 
 from keras_cdm import layers as cdm_layers
 from keras_cdm._validation import (
+    LIMITS,
     check_bool,
     check_choice,
+    check_config,
+    check_finite,
     check_int_tuple,
-    check_positive_int,
     check_range,
+    check_size,
+    shown,
 )
 from keras_cdm.images import INTERPOLATIONS
 from keras_cdm.schedules import CONDITIONINGS
@@ -109,31 +113,31 @@ class DiffusionUNet(keras.Model):
         **kwargs,
     ):
         # === Arguments ===
-        image_size = check_positive_int("image_size", image_size)
-        base_channels = check_positive_int("base_channels", base_channels)
-        channel_multipliers = check_int_tuple("channel_multipliers", channel_multipliers)
-        num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
-        attention_resolutions = check_int_tuple(
-            "attention_resolutions", attention_resolutions, allow_empty=True
-        )
-        num_heads = check_positive_int("num_heads", num_heads)
+        # Sizes are bounded (keras_cdm.presets.LIMITS), and the parameters counted, before
+        # anything is built: a config from an untrusted preset cannot exhaust memory.
+        image_size = check_size("image_size", image_size)
+        base_channels = check_size("base_channels", base_channels, "channels")
+        channel_multipliers = _check_sequence("channel_multipliers", channel_multipliers)
+        num_res_blocks = check_size("num_res_blocks", num_res_blocks)
+        attention_resolutions = _check_sequence("attention_resolutions", attention_resolutions, allow_empty=True)
+        num_heads = check_size("num_heads", num_heads)
         dropout = check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         if num_classes is not None:
-            num_classes = check_positive_int("num_classes", num_classes)
+            num_classes = check_size("num_classes", num_classes)
         learned_variance = check_bool("learned_variance", learned_variance)
-        image_channels = check_positive_int("image_channels", image_channels)
+        image_channels = check_size("image_channels", image_channels)
         if low_res_size is not None:
-            low_res_size = check_positive_int("low_res_size", low_res_size)
+            low_res_size = check_size("low_res_size", low_res_size, "image_size")
         low_res_interpolation = check_choice("low_res_interpolation", low_res_interpolation, INTERPOLATIONS)
         augmentation_level_embedding = check_bool(
             "augmentation_level_embedding", augmentation_level_embedding
         )
         conditioning = check_choice("conditioning", conditioning, CONDITIONINGS)
-        noise_level_scale = float(noise_level_scale)
+        noise_level_scale = check_finite("noise_level_scale", noise_level_scale, 0.0, LIMITS["noise_level_scale"])
         use_scale_shift_norm = check_bool("use_scale_shift_norm", use_scale_shift_norm)
         resblock_updown = check_bool("resblock_updown", resblock_updown)
         conv_resample = check_bool("conv_resample", conv_resample)
-        num_groups = check_positive_int("num_groups", num_groups)
+        num_groups = check_size("num_groups", num_groups)
         dtype = _check_dtype(dtype)
 
         # === Functional model ===
@@ -225,7 +229,7 @@ class DiffusionUNet(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**check_config(cls, config))
 
 
 @keras.saving.register_keras_serializable(package="keras_cdm")
@@ -280,9 +284,72 @@ def _level_resolutions(config):
     return [config["image_size"] // 2**level for level in range(len(config["channel_multipliers"]))]
 
 
+def _check_sequence(name, value, allow_empty=False):
+    """A sequence of positive integers with at most LIMITS["levels"] items."""
+    if isinstance(value, (list, tuple)) and len(value) > LIMITS["levels"]:
+        raise ValueError(f"`{name}` must have at most {LIMITS['levels']} items (the bound of "
+                         f"keras_cdm.presets.LIMITS['levels']). Received: {name}={shown(value)}")
+    return check_int_tuple(name, value, allow_empty=allow_empty)
+
+
+def parameter_count(config):
+    """The number of weights of the U-Net that `config` (its validated arguments) describes,
+    counted without building it: the same layers, in the same order, as `_build_graph`."""
+    base, embedding = config["base_channels"], 4 * config["base_channels"]
+    conv = lambda cin, cout, k=3: k * k * cin * cout + cout  # noqa: E731
+    dense = lambda cin, cout: cin * cout + cout  # noqa: E731
+
+    def residual(cin, cout=None):
+        cout = cout or cin
+        film = 2 * cout if config["use_scale_shift_norm"] else cout
+        skip = conv(cin, cout, 1) if cout != cin else 0
+        return 2 * cin + conv(cin, cout) + dense(embedding, film) + 2 * cout + conv(cout, cout) + skip
+
+    def attention(c):
+        return 2 * c + 4 * (c * c + c)
+
+    def resample(c):
+        return residual(c) if config["resblock_updown"] else conv(c, c) * config["conv_resample"]
+
+    time_mlp = dense(base, embedding) + dense(embedding, embedding)
+    total = time_mlp * (2 if config["augmentation_level_embedding"] else 1)
+    total += (config["num_classes"] or 0) * embedding
+    in_channels = config["image_channels"] * (1 if config["low_res_size"] is None else 2)
+    total += conv(in_channels, base)
+    resolutions, levels = _level_resolutions(config), len(config["channel_multipliers"])
+    skips, c = [base], base
+    for level, multiplier in enumerate(config["channel_multipliers"]):
+        attend = resolutions[level] in config["attention_resolutions"]
+        for _ in range(config["num_res_blocks"]):
+            total += residual(c, base * multiplier) + attention(base * multiplier) * attend
+            c = base * multiplier
+            skips.append(c)
+        if level != levels - 1:
+            total += resample(c)
+            skips.append(c)
+    total += 2 * residual(c) + attention(c)
+    for level in reversed(range(levels)):
+        out = base * config["channel_multipliers"][level]
+        attend = resolutions[level] in config["attention_resolutions"]
+        for _ in range(config["num_res_blocks"] + 1):
+            total += residual(c + skips.pop(), out) + attention(out) * attend
+            c = out
+        if level:
+            total += resample(c)
+    out_channels = config["image_channels"] * (2 if config["learned_variance"] else 1)
+    return total + 2 * c + conv(c, out_channels)
+
+
 def _check_architecture(config):
     levels = len(config["channel_multipliers"])
     size = config["image_size"]
+    widest = config["base_channels"] * max(config["channel_multipliers"])
+    if widest > LIMITS["channels"]:
+        raise ValueError(
+            f"Every level of the U-Net must have at most {LIMITS['channels']} channels (the bound of "
+            f"keras_cdm.presets.LIMITS['channels']). Received: base_channels={config['base_channels']}, "
+            f"channel_multipliers={list(config['channel_multipliers'])}"
+        )
     if size % 2 ** (levels - 1):
         raise ValueError(
             f"`image_size` must be divisible by 2**(len(channel_multipliers) - 1) = "
@@ -314,6 +381,14 @@ def _check_architecture(config):
         raise ValueError(
             f"`low_res_size` must not exceed `image_size` ({size}). "
             f"Received: low_res_size={config['low_res_size']}"
+        )
+    count = parameter_count(config)
+    if count > LIMITS["parameters"]:
+        raise ValueError(
+            f"This U-Net would have {count:,} parameters, more than the {LIMITS['parameters']:,} of "
+            "keras_cdm.presets.LIMITS['parameters']. Received: "
+            + ", ".join(f"{key}={config[key]!r}" for key in ("base_channels", "channel_multipliers",
+                                                              "num_res_blocks", "num_classes"))
         )
 
 
