@@ -409,6 +409,7 @@ class DiffusionModel(keras.Model):
         The folder is written atomically; an existing one is replaced only with
         `overwrite=True`. Returns the folder's path.
         """
+        presets.check_save_arguments(include_weights, description)
         return presets.write_atomically(
             folder, lambda tmp: presets.write_stage(self, tmp, include_weights, description), overwrite)
 

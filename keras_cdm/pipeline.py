@@ -238,14 +238,18 @@ class CascadedDiffusionPipeline:
             stage, random = presets.load_stage(folder, load_weights, label=str(preset))
             stages, sampling, description = [stage], None, None
         else:
-            config = presets.read_config(folder)["config"]
-            names = [presets.check_subfolder_name(name) for name in config.get("stages", [])]
-            loaded = [presets.load_stage(folder / name, load_weights, label=f"{preset}/{name}") for name in names]
+            config = presets.read_cascade_config(folder)
+            loaded = [presets.load_stage(folder / name, load_weights, label=f"{preset}/{name}")
+                      for name in config["stages"]]
             stages, random = [s for s, _ in loaded], any(r for _, r in loaded)
             sampling, description = config.get("sampling"), config.get("description")
+        try:
+            pipeline = cls(stages, sampling, description)
+        except (ValueError, TypeError) as error:  # stages that do not chain, bad sampling settings
+            raise ValueError(f"{folder / presets.CONFIG}: {error}") from error
         if random:
             presets.warn_random_weights(preset)
-        return cls(stages, sampling, description)
+        return pipeline
 
     def get_config(self):
         return {"stages": self.stage_names, "sampling": self.sampling,
@@ -255,6 +259,10 @@ class CascadedDiffusionPipeline:
         """Writes the cascade as one folder: its `config.json`, `metadata.json`, a model
         card, and one stage preset per subfolder (named after the stage). Atomic;
         an existing folder is replaced only with `overwrite=True`."""
+
+        for name in self.stage_names:  # the rule of loading, before anything is written
+            presets.check_subfolder_name(name)
+        presets.check_save_arguments(include_weights)
 
         def write(tmp):
             for stage in self.stages:

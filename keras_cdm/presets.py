@@ -10,30 +10,45 @@ weightless built-ins). A *cascade preset* is one folder (one Hub repo) with its 
 
 Safety: configs are plain JSON deserialized by Keras in safe mode, and only the
 registered `keras_cdm` classes are accepted; nothing is unpickled or executed.
-Names, subfolders and revisions are checked against a strict pattern.
+Preset files are read with bounds (size, nesting) and their values checked, with
+the sizes bounded by `LIMITS`, before anything is built. Names, subfolders and
+revisions are checked against a strict pattern. Hub requests have timeouts. Saving
+swaps the new preset in atomically. See docs/reliability.md.
 """
 
+import contextlib
 import difflib
 import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
 
+from keras_cdm import _files, _hub
+from keras_cdm._hub import HF_PREFIX, check_revision, parse_hf_handle
+from keras_cdm._validation import LIMITS, check_bool, check_text, is_name, name_rule, shown
 from keras_cdm.version import __version__
 
+# `presets.LIMITS` (the dict of keras_cdm._validation) is the public home of the bounds of
+# docs/reliability.md; `parse_hf_handle` and `check_revision` come from keras_cdm._hub.
 CONFIG, METADATA, WEIGHTS, MODEL_CARD = "config.json", "metadata.json", "model.weights.h5", "README.md"
-HF_PREFIX = "hf://"
 CARD_PLACEHOLDER = "hf://OWNER/REPO"  # in the model card's example until `upload_preset` fills it in
 STAGE_CLASS, CASCADE_CLASS, UNET_CLASS = "DiffusionModel", "CascadedDiffusionPipeline", "DiffusionUNet"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The registered classes each part of a stage config may hold (None: the part may be null),
+# cheapest to build first: a bad value anywhere is found before the U-Net is built.
+STAGE_PARTS = {
+    "diffusion": ("GaussianDiffusion",),
+    "augmentation": (None, "GaussianConditioningAugmentation", "BlurConditioningAugmentation"),
+    "unet": (UNET_CLASS,),
+}
+CASCADE_KEYS = ("stages", "sampling", "description")
+_SERIALIZED_KEYS = {"module", "class_name", "config", "registered_name", "build_config", "compile_config"}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # -- built-in presets ------------------------------------------------------------------
@@ -61,19 +76,28 @@ def builtin_preset_path(name):
     """The folder of built-in preset `name`; a clear error for unknown names."""
     names = _builtin_names()
     if not isinstance(name, str) or name not in names:
-        close = difflib.get_close_matches(str(name), names, n=1)
+        close = difflib.get_close_matches(name[:100], names, n=1) if isinstance(name, str) else []
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"Unknown preset. Valid names: {names}; or a local preset folder, or 'hf://owner/repo[/subfolder]'."
-            f"{hint} Received: preset={name!r}"
+            f"{hint} Received: preset={shown(name)}"
         )
     return builtin_presets_dir() / name
 
 
 def read_metadata(preset):
-    """The `metadata.json` of a built-in name or a local preset folder."""
+    """The `metadata.json` of a built-in name or a local preset folder (its fields checked)."""
     folder = Path(preset) if isinstance(preset, Path) else builtin_preset_path(preset)
-    return _read_json(folder / METADATA)
+    return _check_metadata(_read_json(folder / METADATA), folder / METADATA)
+
+
+def check_subfolder_name(name):
+    """A stage subfolder name (a stage's name in a cascade preset): the same rule when
+    saving and loading."""
+    if not is_name(name):
+        raise ValueError(f"A stage subfolder name takes letters, digits, '_', '-' and '.' ({name_rule()}); it is "
+                         f"the stage's name in a cascade preset. Received: {shown(name)}")
+    return name
 
 
 # -- resolving a handle to a local folder ------------------------------------------------
@@ -85,77 +109,38 @@ def resolve_preset(preset, revision=None):
     """
     if isinstance(preset, os.PathLike):
         preset = os.fspath(preset)
-    if not isinstance(preset, str) or not preset:
-        raise ValueError(f"`preset` must be a preset name, a folder or an hf:// handle. Received: preset={preset!r}")
+    if not isinstance(preset, str) or not preset or "\0" in preset:
+        raise ValueError("`preset` must be a preset name, a folder or an hf:// handle. "
+                         f"Received: preset={shown(preset)}")
+    check_revision(revision)
     if preset.startswith(HF_PREFIX):
         return download_preset(preset, revision)
     if revision is not None:
-        raise ValueError(f"`revision` applies to hf:// presets only. Received: preset={preset!r}, revision={revision!r}")
-    if Path(preset).is_dir():
+        raise ValueError(f"`revision` applies to hf:// presets only. Received: preset={shown(preset)}, "
+                         f"revision={revision!r}")
+    if _is_folder(preset):
         return Path(preset)
-    if "/" in preset or os.sep in preset:
-        raise ValueError(f"Preset folder not found. Received: preset={preset!r}")
-    return builtin_preset_path(preset)
+    if "/" not in preset and os.sep not in preset:
+        return builtin_preset_path(preset)
+    with contextlib.suppress(OSError):
+        _files.recover_folder(preset)  # a save killed half-way through its swap
+    if not _is_folder(preset):
+        raise ValueError(f"Preset folder not found. Received: preset={shown(preset)}")
+    return Path(preset)
 
 
-def parse_hf_handle(handle, revision=None):
-    """`hf://owner/repo[@revision][/subfolder...]` -> (repo_id, subfolder or None, revision)."""
-    body = handle[len(HF_PREFIX):]
-    parts = body.split("/")
-    if len(parts) < 2:
-        raise ValueError(f"A Hub preset is 'hf://owner/repo[@revision][/subfolder]'. Received: {handle!r}")
-    owner, repo, sub = parts[0], parts[1], parts[2:]
-    pinned = None
-    if "@" in repo:
-        repo, pinned = repo.split("@", 1)
-    for part in [owner, repo, *sub] + ([pinned] if pinned is not None else []):
-        if not _NAME.match(part) or ".." in part:
-            raise ValueError(
-                "Hub handles take letters, digits, '_', '-' and '.' in each part, with no '..', no empty "
-                f"part and no absolute path. Received: {handle!r}"
-            )
-    if pinned is not None and revision is not None and pinned != revision:
-        raise ValueError(f"Two different revisions given. Received: handle pins {pinned!r}, revision={revision!r}")
-    return f"{owner}/{repo}", "/".join(sub) or None, pinned or revision
-
-
-def _hub_settings():
-    """Hub settings read at call time (huggingface_hub reads its env vars at import)."""
-    from huggingface_hub import constants
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    cache = os.environ.get("HF_HUB_CACHE") or (
-        os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
-    return {
-        "endpoint": (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/"),
-        "local_files_only": offline or constants.is_offline_mode(),
-        "cache_dir": cache,
-    }
+def _is_folder(path):
+    try:
+        return Path(path).is_dir()
+    except OSError:  # a name too long for the file system, a folder we may not enter
+        return False
 
 
 def download_preset(handle, revision=None):
     """Downloads (or finds in the cache) an `hf://` preset; returns its local folder."""
-    import huggingface_hub
-    from huggingface_hub import errors
-
-    repo_id, sub, revision = parse_hf_handle(handle, revision)
-    settings = _hub_settings()
-    patterns = None if sub is None else [f"{sub}/*"]
-    try:
-        root = huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **settings)
-    except errors.RepositoryNotFoundError as error:
-        raise ValueError(f"Hub repository {repo_id!r} not found (or private without a token). Received: {handle!r}") \
-            from error
-    except errors.RevisionNotFoundError as error:
-        raise ValueError(f"Revision {revision!r} not found in Hub repository {repo_id!r}.") from error
-    except errors.LocalEntryNotFoundError as error:
-        where = "offline mode (HF_HUB_OFFLINE) is on" if settings["local_files_only"] else "the Hub cannot be reached"
-        raise ValueError(
-            f"Preset {handle!r}{'' if revision is None else f' at revision {revision!r}'} is not in the local "
-            f"Hugging Face cache and {where}. Download it once online, or point `preset` at a local folder."
-        ) from error
-    folder = Path(root) if sub is None else Path(root) / sub
+    folder = _hub.download(handle, revision)
     if not (folder / CONFIG).is_file():
+        _, sub, _ = parse_hf_handle(handle, revision)
         where = "the repository" if sub is None else f"its subfolder {sub!r}"
         raise ValueError(f"{handle!r} holds no preset: no {CONFIG} in {where}.")
     return folder
@@ -165,12 +150,7 @@ def download_preset(handle, revision=None):
 
 
 def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"Not a preset folder: {Path(path).name} is missing in {Path(path).parent}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    return _files.read_json(path)
 
 
 def preset_kind(folder):
@@ -185,45 +165,143 @@ def _check_class(config, allowed, where):
     `allowed` before anything is deserialized (preset I/O imports no model class)."""
     name = config.get("class_name") if isinstance(config, dict) else None
     registered = config.get("registered_name") if isinstance(config, dict) else None
-    if name not in allowed or registered != f"keras_cdm>{name}":
+    if not isinstance(name, str) or name not in allowed or registered != f"keras_cdm>{name}":
         raise ValueError(
-            f"{where} must describe a keras_cdm {' or '.join(allowed)}. "
-            f"Received: class_name={name!r}, registered_name={registered!r}"
+            f"{where} must describe a keras_cdm {' or '.join(map(str, allowed))}. "
+            f"Received: class_name={shown(name, 80)}, registered_name={shown(registered, 80)}"
         )
     return name
+
+
+def _check_serialized(value, allowed, where):
+    """A serialized keras_cdm object of a class in `allowed` (None: may be null): only the
+    keys Keras writes, its `config` an object, no compile state, a plain build shape."""
+    if value is None and None in allowed:
+        return None
+    name = _check_class(value, tuple(a for a in allowed if a is not None), where)
+    unknown = sorted(set(value) - _SERIALIZED_KEYS)
+    module = value.get("module", "keras_cdm")
+    if unknown or not isinstance(module, str) or not module.startswith("keras_cdm"):
+        raise ValueError(f"{where} takes the keys {sorted(_SERIALIZED_KEYS)}, with a keras_cdm `module`. "
+                         f"Received: keys {shown(sorted(value))}, module={shown(module, 80)}")
+    if not isinstance(value.get("config"), dict):
+        raise ValueError(f"{where}: `config` must be an object. Received: config={shown(value.get('config'), 80)}")
+    if value.get("compile_config"):
+        raise ValueError(f"{where}: `compile_config` must be empty (presets load uncompiled). "
+                         f"Received: compile_config={shown(value['compile_config'], 80)}")
+    build = value.get("build_config")
+    shape = build.get("input_shape") if isinstance(build, dict) else None
+    if not (build is None or isinstance(build, dict) and set(build) <= {"input_shape"} and (
+            shape is None or isinstance(shape, list) and len(shape) <= 8 and all(
+                d is None or _is_count(d, 2**31 - 1) for d in shape))):
+        raise ValueError(f"{where}: `build_config` must be null or {{\"input_shape\": a list of up to 8 sizes}}. "
+                         f"Received: build_config={shown(build, 80)}")
+    return name
+
+
+def _is_count(value, high):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
 
 
 def read_config(folder):
     return _read_json(Path(folder) / CONFIG)
 
 
-def check_subfolder_name(name):
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ValueError(f"A stage subfolder name takes letters, digits, '_', '-' and '.'. Received: {name!r}")
-    return name
+def read_cascade_config(folder):
+    """The checked `config` of a cascade preset's `config.json`: `stages` (1 to
+    LIMITS["stages"] distinct subfolder names), `sampling`, `description`."""
+    path = Path(folder) / CONFIG
+    serialized = _read_json(path)
+    _check_serialized(serialized, (CASCADE_CLASS,), path)
+    config = serialized["config"]
+    unknown = sorted(set(config) - set(CASCADE_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: a cascade config takes the keys {list(CASCADE_KEYS)}. "
+                         f"Received: keys {shown(unknown)}")
+    stages = config.get("stages")
+    if not isinstance(stages, list) or not 1 <= len(stages) <= LIMITS["stages"]:
+        raise ValueError(f"{path}: `config.stages` must be a list of 1 to {LIMITS['stages']} stage subfolder names. "
+                         f"Received: stages={shown(stages)}")
+    for name in stages:
+        check_subfolder_name(name)
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"{path}: `config.stages` must name each stage once. Received: stages={shown(stages)}")
+    if not isinstance(config.get("sampling"), (list, dict, type(None))):
+        raise ValueError(f"{path}: `config.sampling` must be a list (one object per stage), an object or null. "
+                         f"Received: sampling={shown(config['sampling'])}")
+    try:
+        check_text("description", config.get("description"), allow_none=True)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return config
+
+
+# The fields of a metadata.json that are read: what each must be.
+_METADATA_FIELDS = {
+    "description": ("a string", lambda v: isinstance(v, str)),
+    "parameter_count": ("an integer >= 0", lambda v: _is_count(v, LIMITS["parameters"] * LIMITS["stages"])),
+    "weights": ("null or a file name", lambda v: v is None or (is_name(v) and Path(v).name == v)),
+    "weights_sha256": ("null or 64 lowercase hex digits", lambda v: v is None or (
+        isinstance(v, str) and bool(_SHA256.fullmatch(v)))),
+    "image_size": ("null or a positive integer", lambda v: v is None or (_is_count(v, LIMITS["image_size"]) and v)),
+}
+
+
+def _check_metadata(metadata, path):
+    for key, (allowed, check) in _METADATA_FIELDS.items():
+        if key in metadata and not check(metadata[key]):
+            raise ValueError(f"{path}: `{key}` must be {allowed}. Received: {key}={shown(metadata[key], 80)}")
+    return metadata
+
+
+def _build(serialized, where):
+    """Deserializes a checked part of a config (Keras safe mode); any failure of its
+    values is a ValueError naming `where` (the file and the key)."""
+    try:
+        return keras.saving.deserialize_keras_object(serialized, safe_mode=True)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError) as error:
+        cause = error.__context__ if "could not be deserialized properly" in str(error) and error.__context__ else error
+        raise ValueError(f"{where}: {cause}") from error
 
 
 def load_stage(folder, load_weights=True, label=None):
     """Builds the `DiffusionModel` of a stage preset folder and loads its weights.
 
-    Returns `(model, random)`: `random` is True when weights were asked for but the
-    preset has none (the caller warns once for a whole cascade).
+    Every file is read and checked, and the cheap parts of the model (its diffusion
+    and augmentation) are built, before the U-Net is. Returns `(model, random)`:
+    `random` is True when weights were asked for but the preset has none (the
+    caller warns once for a whole cascade).
     """
     folder, label = Path(folder), label or str(folder)
+    load_weights = check_bool("load_weights", load_weights)
     if preset_kind(folder) != "stage":
         raise ValueError(f"Preset {label!r} is a cascade: load it with CascadedDiffusionPipeline.from_preset, "
                          "or name one of its stage subfolders.")
-    metadata = _read_json(folder / METADATA)
-    config = _read_json(folder / CONFIG)
+    metadata = _check_metadata(_read_json(folder / METADATA), folder / METADATA)
+    path = folder / CONFIG
+    config = _read_json(path)
     # Presets load uncompiled (an optimizer compiled here would start with an empty EMA,
     # which `generate` would then sample with); call `compile()` to fine-tune.
     config.pop("compile_config", None)
-    model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    _check_serialized(config, (STAGE_CLASS,), path)
+    inner = config["config"]
+    parts = {}
+    for key, allowed in STAGE_PARTS.items():
+        if key not in inner and None not in allowed:
+            raise ValueError(f"{path}: `config.{key}` is missing.")
+        if _check_serialized(inner.get(key), allowed, f"{path}: `config.{key}`") is not None:
+            parts[key] = inner[key]
+    parts = {key: _build(value, f"{path}: `config.{key}`") for key, value in parts.items()}
+    stage_class = keras.saving.get_registered_object(f"keras_cdm>{STAGE_CLASS}")
+    try:
+        model = stage_class.from_config({**inner, **parts})
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: `config`: {error}") from error
     expected = metadata.get("parameter_count")
     if model.unet.count_params() != expected:
         raise ValueError(
-            f"Preset {label!r} built {model.unet.count_params():,} parameters but its {METADATA} says {expected}: "
-            "the preset files are inconsistent."
+            f"Preset {label!r} built {model.unet.count_params():,} parameters but {folder / METADATA} says "
+            f"`parameter_count`={expected}: the preset files are inconsistent."
         )
     if load_weights and metadata.get("weights"):
         _load_weights(model, folder, metadata, label)
@@ -232,7 +310,7 @@ def load_stage(folder, load_weights=True, label=None):
 
 def _load_weights(model, folder, metadata, label):
     path = folder / metadata["weights"]
-    if Path(metadata["weights"]).name != metadata["weights"] or not path.is_file():
+    if not path.is_file():
         raise ValueError(f"Preset {label!r}: weights file {metadata['weights']!r} is missing from {folder}.")
     with open(path, "rb") as file:
         signature = file.read(len(_HDF5_SIGNATURE))
@@ -287,6 +365,12 @@ def stage_metadata(model, description=None):
     }
 
 
+def check_save_arguments(include_weights=True, description=None):
+    """The arguments of `save_to_preset` besides the folder, checked before anything is written."""
+    check_bool("include_weights", include_weights)
+    check_text("description", description, max_length=1000, allow_none=True)
+
+
 def write_stage(model, folder, include_weights=True, description=None):
     """Writes a stage preset into the existing, empty `folder` (EMA weights when the
     optimizer has them)."""
@@ -335,39 +419,24 @@ def write_cascade(folder, config, stages):
 
 
 def write_atomically(folder, write, overwrite=False):
-    """Runs `write(tmp)` on a fresh sibling folder, then renames it to `folder`.
+    """Runs `write(tmp)` on a fresh sibling folder, then swaps it in as `folder`.
 
-    An existing `folder` is replaced only with `overwrite=True`, and only once the
-    new one is complete: a failure leaves the old preset as it was.
+    An existing `folder` is replaced only with `overwrite=True`, only if it is a preset
+    folder (or empty; through a symlink, its target), and only once the new one is
+    complete: a failure leaves the old preset as it was, and at every instant the path
+    holds a complete preset (see `keras_cdm._files.replace_folder`). Returns `folder`.
     """
-    folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise ValueError(f"{folder} already exists; pass overwrite=True to replace it. Received: overwrite=False")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return folder
+    _files.replace_folder(_files.check_target(folder, overwrite), write)
+    return Path(folder)
 
 
 def model_card(folder):
     """A minimal Hub model card for a preset folder, from its metadata."""
-    metadata = _read_json(Path(folder) / METADATA)
+    metadata = _check_metadata(_read_json(Path(folder) / METADATA), Path(folder) / METADATA)
     kind = preset_kind(folder)
     lines = [
         "---", "library_name: keras-cdm", "tags:", "- keras", "- diffusion", "- cascaded-diffusion-models",
-        "- image-generation", "---", "", f"# {_final_name(folder)}", "", metadata.get("description", ""), "",
+        "- image-generation", "---", "", f"# {_files.final_name(folder)}", "", metadata.get("description", ""), "",
         f"A keras_cdm {kind} preset ({metadata.get('parameter_count', 0):,} parameters, "
         f"{metadata.get('image_size')}x{metadata.get('image_size')} images).", "", "```python",
     ]
@@ -380,11 +449,6 @@ def model_card(folder):
     return "\n".join(lines + ["```", ""])
 
 
-def _final_name(folder):
-    """The name a folder being written by `write_atomically` will have."""
-    return re.sub(r"^\.(.+)\.tmp-[0-9a-f]{8}$", r"\1", Path(folder).name)
-
-
 def validate_folder(folder):
     """Checks a preset folder before upload: configs, metadata, stage subfolders, weights."""
     folder = Path(folder)
@@ -392,12 +456,11 @@ def validate_folder(folder):
         raise ValueError(f"Preset folder not found. Received: folder={str(folder)!r}")
     stages = [folder]
     if preset_kind(folder) == "cascade":
-        config = _read_json(folder / CONFIG)["config"]
-        stages = [folder / check_subfolder_name(name) for name in config.get("stages", [])]
+        stages = [folder / name for name in read_cascade_config(folder)["stages"]]
     for stage in stages:
         if preset_kind(stage) != "stage":
             raise ValueError(f"{stage} must be a stage preset.")
-        metadata = _read_json(stage / METADATA)
+        metadata = _check_metadata(_read_json(stage / METADATA), stage / METADATA)
         if metadata.get("weights"):
             _check_weights_file(stage, metadata)
 
@@ -430,7 +493,7 @@ def upload_preset(handle, folder, private=None, commit_message=None, token=None)
         card.write_text(model_card(folder).replace("OWNER/REPO", target))
     elif CARD_PLACEHOLDER in card.read_text():
         card.write_text(card.read_text().replace(CARD_PLACEHOLDER, HF_PREFIX + target))
-    api = HfApi(endpoint=_hub_settings()["endpoint"], token=token)
+    api = HfApi(endpoint=_hub.settings()["endpoint"], token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sub, revision=revision,
                              commit_message=commit_message or f"Upload keras_cdm preset {Path(folder).name}")

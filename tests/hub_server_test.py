@@ -1,7 +1,9 @@
 """The loopback Hub of keras_cdm/testing/hub_server.py, driven end to end by the real huggingface_hub client."""
 
+import importlib
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,19 @@ def test_unknown_revision_raises_revision_not_found(hub, uploaded, tmp_path, rev
         hf_hub_download(
             REPO, "config.json", revision=revision, cache_dir=tmp_path / "cache", endpoint=hub.endpoint, token=TOKEN
         )
+
+
+def test_a_stalling_server_accepts_requests_and_never_answers(tmp_path):
+    from huggingface_hub.utils import get_session
+
+    httpx = importlib.import_module(type(get_session()).__module__.split(".")[0])  # huggingface_hub's httpx
+
+    with HubServer(stall=lambda method, path: path.startswith("/api/")) as hub:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(f"{hub.endpoint}/api/models/{REPO}", timeout=0.5)  # connected, then silence
+        assert hub.stalled == [("GET", f"/api/models/{REPO}")]
+        with pytest.raises(RepositoryNotFoundError):  # the requests it lets through are answered
+            hf_hub_download(REPO, "a.txt", cache_dir=tmp_path / "cache", endpoint=hub.endpoint, token=TOKEN)
+    started = time.perf_counter()
+    hub.stop()  # idempotent, and stalled requests do not hold it up
+    assert time.perf_counter() - started < 5

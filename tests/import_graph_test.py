@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keras_cdm"
 # Conventions first, then the paper's order; preset I/O before the models that use it.
 ORDER = [
     "version", "_validation", "images", "seeding", "schedules", "losses", "layers", "unet", "diffusion",
-    "conditioning", "sampling", "_compile", "ema", "presets", "diffusion_model", "pipeline", "visualization",
-    "callbacks", "data", "evaluation", "search", "cli", "__main__",
+    "conditioning", "sampling", "_compile", "ema", "_files", "_hub", "presets", "diffusion_model", "pipeline",
+    "visualization", "callbacks", "data", "evaluation", "search", "cli", "__main__",
     "testing", "testing.golden", "testing.hub_server",
 ]
 
@@ -66,7 +66,7 @@ def test_imports_only_go_down_the_chain():
 def test_preset_io_imports_no_model_class():
     # As in keras-hub: models import preset I/O, never the reverse; presets check class names.
     modules = _modules()
-    assert _imports(modules["presets"], modules) <= {"version", "_validation"}
+    assert _imports(modules["presets"], modules) <= {"version", "_validation", "_files", "_hub"}
 
 
 def test_the_face_imports_no_testing_module():

@@ -101,8 +101,68 @@ def test_offline_mode_uses_the_cache_and_fails_fast_otherwise(cascade, hub, tmp_
     assert time.perf_counter() - start < 5
 
 
+def test_a_hub_that_never_answers_fails_fast_naming_the_endpoint(cascade, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_TOKEN", "test-token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    with HubServer(stall=lambda method, path: True) as silent:  # accepts connections, never answers
+        monkeypatch.setenv("HF_ENDPOINT", silent.endpoint)
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=rf"'hf://x/y' is not in the local Hugging Face cache and the Hub at "
+                                             rf"{silent.endpoint} did not answer within 1 s \(HF_HUB_ETAG_TIMEOUT"):
+            CascadedDiffusionPipeline.from_preset("hf://x/y")
+        assert time.perf_counter() - start < 10 and silent.stalled
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="`HF_HUB_ETAG_TIMEOUT` must be a positive number of seconds"):
+        CascadedDiffusionPipeline.from_preset("hf://x/y")
+
+
+def test_a_silent_hub_falls_back_to_the_cache(cascade, hub, tmp_path, monkeypatch):
+    upload_preset("hf://tester/cached-stage", cascade.stages[0].save_to_preset(tmp_path / "b", include_weights=False))
+    DiffusionModel.from_preset("hf://tester/cached-stage", load_weights=False)  # now in the cache
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    with HubServer(stall=lambda method, path: True) as silent:
+        monkeypatch.setenv("HF_ENDPOINT", silent.endpoint)
+        start = time.perf_counter()
+        assert DiffusionModel.from_preset("hf://tester/cached-stage", load_weights=False).name == "base"
+        assert time.perf_counter() - start < 10 and silent.stalled
+
+
+def test_a_hub_that_stops_answering_during_downloads_fails_with_the_download_timeout(cascade, hub, tmp_path,
+                                                                                      monkeypatch):
+    upload_preset("hf://tester/slow", cascade.stages[0].save_to_preset(tmp_path / "base", include_weights=False))
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "0.5")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "0.5")
+    hub.stall = lambda method, path: method == "GET" and "/resolve/" in path  # metadata yes, bytes never
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"Could not download preset 'hf://tester/slow': the Hub at {hub.endpoint} "
+                                         r"did not answer within 0.5 s .*file downloads: 0.5 s"):
+        DiffusionModel.from_preset("hf://tester/slow", load_weights=False)
+    assert time.perf_counter() - start < 30  # huggingface_hub retries a download 5 times with backoff
+
+
+def test_timeouts_apply_to_preset_downloads_only(monkeypatch):
+    from huggingface_hub.utils import get_session
+
+    from keras_cdm import _hub
+
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)  # the defaults: 10 s
+    monkeypatch.delenv("HF_HUB_DOWNLOAD_TIMEOUT", raising=False)
+
+    request = get_session().build_request("GET", "http://127.0.0.1:1/api/models/x/y", timeout=None)
+    _hub._apply_timeouts(request)
+    assert request.extensions["timeout"]["read"] is None  # outside a download: huggingface_hub's own settings
+    with _hub._Timeouts():
+        _hub._apply_timeouts(request)
+        assert request.extensions["timeout"] == {"connect": 10.0, "read": 10.0, "write": 10.0, "pool": 10.0}
+        download = get_session().build_request("GET", "http://127.0.0.1:1/x/y/resolve/main/a", timeout=3)
+        _hub._apply_timeouts(download)
+        assert download.extensions["timeout"]["connect"] == 3 and download.extensions["timeout"]["read"] == 10.0
+
+
 def test_hub_errors_are_clear(hub):
-    with pytest.raises(ValueError, match="Hub repository 'tester/missing' not found"):
+    with pytest.raises(ValueError, match=rf"Hub repository 'tester/missing' not found at {hub.endpoint}"):
         CascadedDiffusionPipeline.from_preset("hf://tester/missing")
     HfApi = pytest.importorskip("huggingface_hub").HfApi
     HfApi(endpoint=hub.endpoint, token="test-token").create_repo("tester/empty")
@@ -128,11 +188,19 @@ def test_upload_validates_the_folder_first(cascade, hub, tmp_path):
 @pytest.mark.parametrize(
     "handle",
     ["hf://tester", "hf://tester/../etc", "hf:///etc/passwd", "hf://tester/repo/../../x", "hf://te ster/repo",
-     "hf://tester/repo@bad rev", "hf://tester/repo//stage"],
+     "hf://tester/repo@bad rev", "hf://tester/repo//stage", "hf://tester/repo\n", "hf://tester/repo/stage\n",
+     "hf://tester/repo@main\n", "hf://tester/re\x00po", "hf://tester/repo@..", 7, None, "tester/repo"],
 )
 def test_odd_handles_are_rejected_before_any_request(handle):
     with pytest.raises(ValueError, match="hf://owner/repo|Hub handles take letters"):
         parse_hf_handle(handle)
+
+
+def test_path_revisions_are_rejected_before_any_request(hub):
+    for revision in ["/etc/passwd", "../../../etc", "main/../../x", "main\n"]:
+        with pytest.raises(ValueError, match="`revision` must be a branch, tag or commit"):
+            CascadedDiffusionPipeline.from_preset("hf://nobody/nothing", revision=revision)
+    assert hub.requests == []
 
 
 def test_handles_parse_into_repo_subfolder_and_revision():

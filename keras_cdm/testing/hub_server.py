@@ -20,6 +20,10 @@ header (RepoNotFound, RevisionNotFound, EntryNotFound) from which the client rai
 `create_repo` makes an empty initial commit, so "main" exists right away (as on the Hub).
 No authentication: the Authorization header is accepted and ignored, private repos
 are readable by anyone. Pull requests, tags, LFS/Xet files and pagination are not supported.
+
+`HubServer(stall=...)` plays a Hub that accepts connections and never answers: a
+request for which `stall(method, path)` is true is read, then left without an answer
+until the server stops (`stall=lambda method, path: True`: every request).
 """
 
 import base64
@@ -97,8 +101,11 @@ class Repo:
 class HubServer:
     """Serve a fresh, empty Hub on 127.0.0.1 (random port) while used as a context manager."""
 
-    def __init__(self, root=None):
+    def __init__(self, root=None, stall=None):
         self.root = Path(root) if root is not None else None  # blob storage; None: in memory
+        self.stall = stall  # (method, path) -> True: never answer that request
+        self.stalled = []  # (method, path) of the requests left unanswered
+        self._stopped = threading.Event()
         self.endpoint = None
         self.requests = []  # (method, path as sent: percent-encoded, no query) in arrival order
         self._repos = {}  # (repo type, repo id) -> Repo
@@ -122,6 +129,7 @@ class HubServer:
 
     def stop(self):
         """Stop serving (idempotent); later requests get "connection refused"."""
+        self._stopped.set()  # stalled requests end (unanswered) now
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -302,7 +310,13 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        response = self.server.hub.handle(self.command, url.path, parse_qs(url.query), body)
+        hub = self.server.hub
+        if hub.stall is not None and hub.stall(self.command, url.path):
+            hub.stalled.append((self.command, url.path))
+            hub._stopped.wait()
+            self.close_connection = True
+            return
+        response = hub.handle(self.command, url.path, parse_qs(url.query), body)
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
