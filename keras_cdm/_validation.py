@@ -52,8 +52,6 @@ def shown(value, limit=200):
     return text if len(text) <= limit else f"{text[:limit - 20]}...<{len(text)} characters>"
 
 
-
-
 def check_config(cls, config, extra=("name", "trainable")):
     """`config` (for `cls.from_config`) is a dict holding every required argument of
     `cls.__init__` and nothing else but its other arguments and `extra` (Keras' own)."""
@@ -162,9 +160,22 @@ def check_non_negative(name, value):
 
 
 def check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}. Received: {name}={shown(value)}")
-    return value
+    """One of `allowed`, returned as written there: a string matches only a string, an
+    integer only an integer (not a bool or a float), None only None; an array never."""
+    for option in allowed:
+        if _same_choice(value, option):
+            return option
+    raise ValueError(f"`{name}` must be one of {list(allowed)}. Received: {name}={shown(value)}")
+
+
+def _same_choice(value, option):
+    if option is None:
+        return value is None
+    if isinstance(option, str):
+        return isinstance(value, str) and value == option
+    if is_int(option):
+        return is_int(value) and value == option
+    return type(value) is type(option) and value == option
 
 
 def check_int_tuple(name, value, allow_empty=False):
@@ -197,9 +208,44 @@ def check_labels(labels, num_classes, name="labels"):
 
 
 def check_image_shape(name, shape, size, channels, batch=None, where=" for this stage"):
-    """`shape` is (batch, size, size, channels) (any batch when `batch` is None)."""
+    """`shape` is (batch, size, size, channels) (any batch when `batch` is None). A symbolic
+    shape's unknown dimensions (None) and unknown rank pass: they are checked when known."""
+    if getattr(shape, "rank", 0) is None:
+        return shape
     shape = tuple(shape)
-    if len(shape) != 4 or shape[1:] != (size, size, channels) or (batch is not None and shape[0] != batch):
+    if len(shape) != 4 or not all(got is None or want is None or got == want
+                                  for got, want in zip(shape, (batch, size, size, channels))):
         expected = f"({'batch' if batch is None else batch}, {size}, {size}, {channels})"
         raise ValueError(f"`{name}` must have shape {expected}{where}. Received: {name}.shape={shape}")
     return shape
+
+
+def as_array(name, value, allowed, ndim=None):
+    """`value` (a list, a numpy array or a tensor numpy can read) as a numpy array of
+    numbers (bool, integer or float) with `ndim` dimensions (any when None); otherwise a
+    ValueError: `name` must be `allowed`, and what was received."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # ragged lists, GPU tensors, ...
+        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={shown(value)}") from None
+    if array.dtype.kind not in "biuf" or (ndim is not None and array.ndim != ndim):
+        got = f"{name}.shape={array.shape} (dtype {array.dtype})" if array.ndim else f"{name}={shown(value)}"
+        raise ValueError(f"`{name}` must be {allowed}. Received: {got}")
+    return array
+
+
+def check_finite_array(name, array, allowed):
+    """A numpy `array` without NaN or infinite values."""
+    bad = array.size - np.count_nonzero(np.isfinite(array))
+    if bad:
+        raise ValueError(f"`{name}` must be {allowed}. Received: {bad} NaN or infinite values "
+                         f"(of {array.size}) in {name}")
+    return array
+
+
+def check_positive_number(name, value):
+    """A finite real number > 0 (not a bool)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={shown(value)}")
+    return float(value)

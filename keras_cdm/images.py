@@ -9,6 +9,8 @@ are the checked numpy entry points.
 
 import numpy as np
 
+from keras_cdm._validation import as_array, check_finite_array
+
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 """Interpolations of the (anti-aliased) resizes: low-resolution conditioning, data."""
 
@@ -28,25 +30,34 @@ def to_uint8(images):
     return unit_to_uint8(np.asarray(images, "float32"))
 
 
+def check_image_values(images, tolerance=1e-3, name="images"):
+    """The one range check of images: a numpy array of integers in [0, 255] (any integer
+    dtype, not bool), or of finite floats at most `tolerance` outside [-1, 1]. Returns True
+    for integers; raises a ValueError naming `name` otherwise (NaN and inf included)."""
+    allowed = "integers in [0, 255], or floats in [-1, 1]"
+    if images.dtype.kind in "iu":
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise ValueError(f"`{name}` must be {allowed}. Received: integers in [{images.min()}, {images.max()}]")
+        return True
+    if images.dtype.kind != "f":
+        raise ValueError(f"`{name}` must be {allowed}. Received: dtype={images.dtype}")
+    check_finite_array(name, images, allowed)
+    if images.size and (images.min() < -1.0 - tolerance or images.max() > 1.0 + tolerance):
+        raise ValueError(f"`{name}` must be {allowed}. Received: floats in [{images.min():.3g}, "
+                         f"{images.max():.3g}] (map [0, 255] floats with x / 127.5 - 1)")
+    return False
+
+
 def from_uint8(images, tolerance=1e-3, clip=False, name="images"):
     """Integer images in [0, 255] (uint8 or any integer dtype), or floats already in
     [-1, 1] -> float32 in [-1, 1].
 
-    Integers outside [0, 255], and floats further than `tolerance` outside [-1, 1],
-    are refused with an error naming `name`; floats within it are returned as they
-    are, or clipped to [-1, 1] with `clip=True`.
+    Integers outside [0, 255], floats further than `tolerance` outside [-1, 1], NaN and
+    infinities are refused with an error naming `name`; floats within it are returned as
+    they are, or clipped to [-1, 1] with `clip=True`.
     """
-    images = np.asarray(images)
-    if np.issubdtype(images.dtype, np.integer) and not np.issubdtype(images.dtype, np.bool_):
-        if images.size and (images.min() < 0 or images.max() > 255):
-            raise ValueError(f"`{name}` must be integers in [0, 255], or floats in [-1, 1]. "
-                             f"Received: integers in [{images.min()}, {images.max()}]")
+    images = as_array(name, images, "integers in [0, 255], or floats in [-1, 1]")
+    if check_image_values(images, tolerance, name):
         return uint8_to_unit(images.astype("float32"))
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"`{name}` must be integers in [0, 255], or floats in [-1, 1]. "
-                         f"Received: dtype={images.dtype}")
     images = images.astype("float32")
-    if images.size and (images.min() < -1.0 - tolerance or images.max() > 1.0 + tolerance):
-        raise ValueError(f"`{name}` must be integers in [0, 255], or floats in [-1, 1]. "
-                         f"Received: floats in [{images.min():.3g}, {images.max():.3g}]")
     return np.clip(images, -1.0, 1.0) if clip else images

@@ -31,6 +31,25 @@ def test_from_uint8_takes_integer_dtypes_as_0_to_255_and_refuses_the_rest():
         images.from_uint8(np.array([True]))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_from_uint8_refuses_nan_and_infinities(bad):
+    # min()/max() of an array holding NaN are NaN, and NaN compares False: the range check let it through.
+    with pytest.raises(ValueError, match=r"`x` must be integers in \[0, 255\], or floats in \[-1, 1\]. "
+                                         r"Received: 1 NaN or infinite values \(of 3\) in x"):
+        images.from_uint8(np.array([0.0, bad, 0.5], np.float32), name="x")
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        images.from_uint8(np.array([0.0, bad]), tolerance=0.5, clip=True)  # clipping does not hide it
+    with pytest.raises(ValueError, match=r"`images` must be integers.*Received: images=\[\[1, 2\], \[3\]\]"):
+        images.from_uint8([[1, 2], [3]])  # ragged
+
+
+def test_check_choice_matches_type_and_value():
+    assert v.check_choice("channels", np.int64(3), (1, 3)) == 3 and v.check_choice("labels", None, ("a", None)) is None
+    for bad in (True, 3.0, "3", np.array([3]), np.array([1, 3]), [3], float("nan")):
+        with pytest.raises(ValueError, match=r"`channels` must be one of \[1, 3\]. Received: channels="):
+            v.check_choice("channels", bad, (1, 3))
+
+
 def test_example_seeds_depend_on_seed_stream_and_index_only():
     a = seeding.example_seeds(5, [0, 1, 2], stream=1)
     np.testing.assert_array_equal(a[1:], seeding.example_seeds(5, [1, 2], stream=1))
