@@ -14,8 +14,9 @@ Arguments shared by `from_arrays`, `from_image_folder` and `from_tfds`:
     shuffle: shuffle the examples, anew each epoch. Arrays and folders are
         shuffled exactly (a permutation of indices); tfds datasets shuffle
         their files and a buffer of 10,000 examples.
-    seed: integer seed of the shuffle and the flips; the same seed (with the
-        same global TensorFlow seed) gives the same batches, epoch by epoch.
+    seed: None or an integer in [0, 2**32), the seed of the shuffle and the
+        flips; the same seed (with the same global TensorFlow seed) gives the
+        same batches, epoch by epoch.
     random_flip: flip each image left-right with probability 1/2 (leave it
         False when the `DiffusionModel` flips, `random_flip=True`, itself).
     cache: keep the decoded, resized examples in memory after the first epoch
@@ -27,17 +28,31 @@ Arguments shared by `from_arrays`, `from_image_folder` and `from_tfds`:
 
 import os
 import re
+import stat
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
-from keras_cdm._validation import check_bool, check_choice, check_positive_int, is_int
-from keras_cdm.images import INTERPOLATIONS, uint8_to_unit
+from keras_cdm._validation import (
+    as_array,
+    check_bool,
+    check_choice,
+    check_generator_seed,
+    check_int,
+    check_positive_int,
+    check_size,
+    check_text,
+    shown,
+)
+from keras_cdm.images import INTERPOLATIONS, check_image_values, from_uint8, uint8_to_unit
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 _STREAM_SHUFFLE_BUFFER = 10_000
+_MAX_BATCH_SIZE = 2**31 - 1
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as Pillow's "L" mode
 _MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"}
 
@@ -48,18 +63,35 @@ _MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_va
 def resize_images(images, image_size, interpolation="bicubic"):
     """Centre-crops `images` to a square and resizes them anti-aliased to `image_size`.
 
-    `images` are float (H, W, C) or (B, H, W, C) in [-1, 1]; the result is
-    clipped to [-1, 1] (bicubic overshoots). On square inputs this is exactly
+    `images` are float (H, W, C) or (B, H, W, C) in [-1, 1] (integers in [0, 255]
+    are mapped to it; values given as arrays are checked: NaN, infinities and
+    values out of range are refused); the result is clipped to [-1, 1] (bicubic
+    overshoots). On square inputs this is exactly
     `DiffusionModel.downsample` with `low_res_interpolation=interpolation`. A
     centre crop to the shorter side followed by this resize is the BigGAN
     ImageNet preprocessing.
     """
-    image_size = check_positive_int("image_size", image_size)
+    image_size = check_size("image_size", image_size)
     check_choice("interpolation", interpolation, INTERPOLATIONS)
-    images = _centre_square(tf.convert_to_tensor(images, tf.float32))
+    images = _centre_square(_float_images(images))
     if not images.shape[-3] == images.shape[-2] == image_size:
         images = tf.image.resize(images, (image_size, image_size), method=interpolation, antialias=True)
     return tf.clip_by_value(images, -1.0, 1.0)
+
+
+def _float_images(images):
+    """`images` as a float32 tensor of rank 3 or 4: values given eagerly (arrays, eager tensors)
+    are checked (integers in [0, 255] are mapped to [-1, 1]); graph tensors (in `Dataset.map`)
+    are the pipeline's own, already in [-1, 1]."""
+    if tf.is_tensor(images) and not hasattr(images, "numpy"):
+        if images.shape.rank not in (3, 4):
+            raise ValueError(f"`images` must have rank 3 (H, W, C) or 4 (B, H, W, C). Received: {images!r}")
+        return tf.cast(images, tf.float32)
+    images = from_uint8(images.numpy() if tf.is_tensor(images) else images)
+    if images.ndim not in (3, 4) or not images.size:
+        raise ValueError("`images` must be a non-empty (H, W, C) or (B, H, W, C) array. "
+                         f"Received: images.shape={images.shape}")
+    return tf.convert_to_tensor(images)
 
 
 def _centre_square(images):
@@ -75,11 +107,15 @@ def low_res_pairs(dataset, low_res_size, interpolation="bicubic"):
     """Adds `"low_res_images"`, the `low_res_size` conditioning of each batch's
     `"images"`, made exactly as `DiffusionModel.downsample` makes it (anti-aliased
     resize with `interpolation`, clipped to [-1, 1])."""
-    low_res_size = check_positive_int("low_res_size", low_res_size)
+    low_res_size = check_size("low_res_size", low_res_size, "image_size")
     check_choice("interpolation", interpolation, INTERPOLATIONS)
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(f"`dataset` must be a tf.data.Dataset of dicts with 'images'. Received: "
+                         f"dataset={shown(dataset)}")
     spec = dataset.element_spec
-    if not isinstance(spec, dict) or "images" not in spec:
-        raise ValueError(f"`dataset` must yield dicts with 'images'. Received: element_spec={spec!r}")
+    if not isinstance(spec, dict) or "images" not in spec or spec["images"].shape.rank not in (None, 4):
+        raise ValueError(f"`dataset` must yield dicts with 'images' of shape (B, H, W, C). Received: "
+                         f"element_spec={spec!r}")
 
     def add_low_res(batch):
         return {**batch, "low_res_images": resize_images(batch["images"], low_res_size, interpolation)}
@@ -93,12 +129,10 @@ def low_res_pairs(dataset, low_res_size, interpolation="bicubic"):
 def _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation):
     """The shared arguments, checked."""
     flags = dict(shuffle=shuffle, random_flip=random_flip, cache=cache, drop_remainder=drop_remainder)
-    if seed is not None and not is_int(seed):
-        raise ValueError(f"`seed` must be None or an integer. Received: seed={seed!r}")
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     return {**{name: check_bool(name, value) for name, value in flags.items()},
-            "seed": None if seed is None else int(seed),
-            "batch_size": check_positive_int("batch_size", batch_size)}
+            "seed": check_generator_seed(seed),
+            "batch_size": check_int("batch_size", batch_size, 1, _MAX_BATCH_SIZE)}
 
 
 def _indexed_pipeline(num_examples, load, options):
@@ -172,7 +206,7 @@ def from_arrays(images, labels=None, image_size=None, *, batch_size=32, shuffle=
     if image_size is None and height != width:
         raise ValueError(f"Non-square images need `image_size` (they are centre-cropped). "
                          f"Received: images.shape={images.shape}, image_size=None")
-    size = height if image_size is None else check_positive_int("image_size", image_size)
+    size = height if image_size is None else check_size("image_size", image_size)
     tensors = {"images": tf.convert_to_tensor(images)}  # uint8 stays uint8: 4x less memory than float32
     if labels is not None:
         tensors["labels"] = tf.convert_to_tensor(labels)
@@ -188,7 +222,7 @@ def from_arrays(images, labels=None, image_size=None, *, batch_size=32, shuffle=
 
 
 def _image_array(images):
-    images = np.asarray(images)
+    images = as_array("images", images, "a non-empty (N, H, W, C) or (N, H, W) array")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or not images.size:
@@ -196,19 +230,8 @@ def _image_array(images):
                          f"Received: images.shape={images.shape}")
     if images.dtype == np.uint8:
         return images
-    is_int = np.issubdtype(images.dtype, np.integer)
-    if not is_int and not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"`images` must be integers in [0, 255] or floats in [-1, 1]. "
-                         f"Received: images.dtype={images.dtype}")
-    low, high = images.min(), images.max()
-    if is_int and not (low >= 0 and high <= 255):
-        raise ValueError(f"Integer `images` must be in [0, 255]. Received: images in [{low}, {high}]")
-    if not is_int and not (low >= -1 and high <= 1):
-        raise ValueError(
-            "Float `images` must be in [-1, 1] (pass uint8 [0, 255] images, or map them with "
-            f"x / 127.5 - 1). Received: images in [{low}, {high}]"
-        )
-    if not is_int and low >= 0 and high > 0:
+    is_int = check_image_values(images, tolerance=0.0)
+    if not is_int and images.min() >= 0 and images.max() > 0:
         warnings.warn("Float `images` are all in [0, 1]: the pipeline expects [-1, 1]; map [0, 1] images "
                       "with 2 * x - 1.", stacklevel=3)
     return images.astype(np.uint8 if is_int else np.float32)
@@ -217,7 +240,7 @@ def _image_array(images):
 def _label_array(labels, num_images):
     if labels is None:
         return None
-    labels = np.asarray(labels)
+    labels = as_array("labels", labels, f"{num_images} non-negative integers, one per image")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if (labels.shape != (num_images,) or not np.issubdtype(labels.dtype, np.integer)
@@ -229,10 +252,19 @@ def _label_array(labels, num_images):
 
 # -- image folders -------------------------------------------------------------------
 
+MAX_FILE_BYTES = 64 * 2**20
+"""Default `max_file_bytes` of `from_image_folder`: larger files are skipped."""
+MAX_IMAGE_PIXELS = 89_478_485
+"""Default `max_pixels` of `from_image_folder` (Pillow's decompression-bomb limit): width x
+height, times the frames of a GIF or WebP (the decoder reads them all)."""
+_SCAN_THREADS = 16
+_SHOWN_SKIPPED = 10
+_DIRECTORY_SYMLINK = "directory symlink, not followed"
+
 
 def from_image_folder(folder, image_size, channels=3, labels="inferred", on_error="skip", *, batch_size=32,
                       shuffle=True, seed=None, random_flip=False, cache=False, drop_remainder=True,
-                      interpolation="bicubic"):
+                      interpolation="bicubic", max_file_bytes=MAX_FILE_BYTES, max_pixels=MAX_IMAGE_PIXELS):
     """A dataset of the image files in `folder`.
 
     With `labels="inferred"`, every sub-folder is a class (class i = the i-th
@@ -244,26 +276,40 @@ def from_image_folder(folder, image_size, channels=3, labels="inferred", on_erro
     (ITU-R 601-2 luma) when `channels=1`, and alpha is dropped. Each image is
     centre-cropped to a square and resized anti-aliased to `image_size`.
 
-    Every file is decoded once up front, in parallel, with the pipeline's own
-    decoder: undecodable files are skipped and reported in one warning
-    (`on_error="skip"`), or raise a ValueError naming the first
-    (`on_error="raise"`).
+    Reading is bounded (docs/reliability_data.md): only regular files are read
+    (a FIFO, a device or a socket named like an image is skipped, never
+    opened), symlinks to files are read but symlinks to directories are not
+    followed (no loop, no escape from the tree), files over `max_file_bytes`
+    bytes (default 64 MiB) and images over `max_pixels` pixels (default
+    89,478,485, Pillow's decompression-bomb limit; width x height from the
+    header, times the frames of a GIF) are skipped, and every file is decoded
+    once up front, in parallel, with the pipeline's own decoder. Each skipped
+    file is reported once, in one warning (`on_error="skip"`), or the first
+    raises a ValueError naming it (`on_error="raise"`). The checks run when the
+    dataset is made: a file changed afterwards is read as it is then.
 
-    Returns a `tf.data.Dataset` with two extra attributes (Keras'
+    Returns a `tf.data.Dataset` with extra attributes (Keras'
     `image_dataset_from_directory` convention, lost by further transformations):
-    `class_names` (the sub-folder names; None when unlabelled) and `file_paths`
-    (the files read, in index order).
+    `class_names` (the sub-folder names; None when unlabelled), `file_paths`
+    (the files read, in index order) and `skipped_files` (`(path, reason)` for
+    every file and directory symlink skipped).
     """
     options = _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation)
-    image_size = check_positive_int("image_size", image_size)
-    check_choice("channels", channels, (1, 3))
-    check_choice("labels", labels, ("inferred", None))
-    check_choice("on_error", on_error, ("skip", "raise"))
-    paths, label_ids, class_names = _index_folder(folder, labels)
-    keep = _decodable(paths, channels, on_error)
+    image_size = check_size("image_size", image_size)
+    channels = check_choice("channels", channels, (1, 3))
+    labels = check_choice("labels", labels, ("inferred", None))
+    on_error = check_choice("on_error", on_error, ("skip", "raise"))
+    limits = {"max_file_bytes": check_positive_int("max_file_bytes", max_file_bytes),
+              "max_pixels": check_positive_int("max_pixels", max_pixels)}
+    paths, label_ids, class_names, skipped = _index_folder(folder, labels)
+    keep, bad = _readable(paths, limits)
+    keep, undecodable = _decodable([paths[i] for i in keep], keep, channels)
+    bad = sorted(bad + undecodable)
+    _report_skipped(paths, bad, keep, skipped, on_error)
+    skipped += [(paths[i], reason) for i, reason in bad]
     paths = [paths[i] for i in keep]
     label_ids = None if label_ids is None else tf.constant([label_ids[i] for i in keep], tf.int32)
-    path_tensor = tf.constant(paths)
+    path_tensor = tf.constant([os.fsencode(path) for path in paths])  # bytes: any file name, UTF-8 or not
 
     def load(index):
         example = {"images": resize_images(_unit_range(_decode(path_tensor[index], channels)), image_size,
@@ -273,42 +319,137 @@ def from_image_folder(folder, image_size, channels=3, labels="inferred", on_erro
         return example
 
     dataset = _indexed_pipeline(len(paths), load, options)
-    dataset.class_names, dataset.file_paths = class_names, paths
+    dataset.class_names, dataset.file_paths, dataset.skipped_files = class_names, paths, skipped
     return dataset
 
 
 def _index_folder(folder, labels):
-    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
-        raise ValueError(f"`folder` must be an existing directory. Received: folder={folder!r}")
-    folder = os.fspath(folder)
+    """(paths, label ids, class names, skipped directories) of the candidate image files."""
+    if not isinstance(folder, (str, bytes, os.PathLike)) or not os.path.isdir(folder):
+        raise ValueError(f"`folder` must be an existing directory. Received: folder={shown(folder)}")
+    folder = os.fsdecode(folder)
+    skipped = []
     if labels is None:
-        paths, label_ids, class_names = _image_files(folder), None, None
+        paths, label_ids, class_names = _image_files(folder, skipped), None, None
     else:
-        class_names = sorted(entry.name for entry in os.scandir(folder)
-                             if entry.is_dir() and not entry.name.startswith("."))
-        per_class = [_image_files(os.path.join(folder, name)) for name in class_names]
+        entries, _ = _list_directory(folder, skipped)
+        class_names = sorted(name for name, kind in entries if kind == "dir")
+        per_class = [_image_files(os.path.join(folder, name), skipped) for name in class_names]
         paths = [path for files in per_class for path in files]
         label_ids = [index for index, files in enumerate(per_class) for _ in files]
     if not paths:
         hint = ""
-        if labels == "inferred" and _image_files(folder, recursive=False):
+        if labels == "inferred" and _image_files(folder, [], recursive=False):
             hint = " It has images but no class sub-folders: pass labels=None for unlabelled images."
+        if skipped:
+            hint += (f" Skipped (symlinks to directories are not followed): "
+                     f"{_listed([f'{path!r} ({reason})' for path, reason in skipped])}.")
         raise ValueError(
             f"No image files found in {folder!r} (labels={labels!r}: "
             f"{'one sub-folder per class' if labels else 'all images under the folder'}). Accepted "
             f"extensions (case-insensitive): {', '.join(IMAGE_EXTENSIONS)}.{hint}"
         )
-    return paths, label_ids, class_names
+    return paths, label_ids, class_names, skipped
 
 
-def _image_files(root, recursive=True):
-    """Sorted image files under `root` (hidden files and folders ignored)."""
-    found = []
-    for directory, subfolders, files in os.walk(root, followlinks=True):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".") and recursive)
-        found += [os.path.join(directory, name) for name in sorted(files)
-                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+def _list_directory(directory, skipped):
+    """Sorted `(name, kind)` of the entries of `directory` that are not hidden; kind is
+    "dir" for a real directory, "file" for anything else but a directory symlink
+    (reported in `skipped`, not followed). Also returns the directory's (device, inode)."""
+    try:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        identity = os.stat(directory)
+    except OSError as error:
+        skipped.append((directory, f"directory cannot be listed ({error.strerror})"))
+        return [], None
+    listed = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            real_dir = entry.is_dir(follow_symlinks=False)
+            linked_dir = not real_dir and entry.is_symlink() and entry.is_dir()
+        except OSError:  # e.g. a symlink loop: a file candidate, reported when it is read
+            real_dir = linked_dir = False
+        if linked_dir:
+            skipped.append((entry.path, _DIRECTORY_SYMLINK))
+        else:
+            listed.append((entry.name, "dir" if real_dir else "file"))
+    return listed, (identity.st_dev, identity.st_ino)
+
+
+def _image_files(root, skipped, recursive=True):
+    """Image files under `root` by extension, depth first in sorted order (as `os.walk`),
+    hidden entries ignored. Only real directories are entered, each once (a bind mount
+    cannot loop); symlinks to directories are reported in `skipped`."""
+    found, stack, seen = [], [root], set()
+    while stack:
+        directory = stack.pop()
+        entries, identity = _list_directory(directory, skipped)
+        if identity is None or identity in seen:
+            continue
+        seen.add(identity)
+        found += [os.path.join(directory, name) for name, kind in entries
+                  if kind == "file" and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+        if recursive:
+            stack += [os.path.join(directory, name) for name, kind in reversed(entries) if kind == "dir"]
     return found
+
+
+def _readable(paths, limits):
+    """Indices of the files that are regular and within `limits` (by their headers), and
+    `(index, reason)` for the others: checked in threads, in order."""
+    with warnings.catch_warnings():  # Pillow's own warning: the limit here is `max_pixels`
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(_SCAN_THREADS) as pool:
+            reasons = list(pool.map(lambda path: _unreadable(path, **limits), paths))
+    keep = [index for index, reason in enumerate(reasons) if reason is None]
+    return keep, [(index, reason) for index, reason in enumerate(reasons) if reason is not None]
+
+
+def _unreadable(path, max_file_bytes, max_pixels):
+    """Why `path` is not read (None: it is read). A file that is not regular is never opened
+    (a FIFO would block, /dev/zero never ends); what is opened is opened non-blocking and
+    checked again, in case it changed in between."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return f"not a regular file: {_file_kind(info.st_mode)}"
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            return f"not a regular file: {_file_kind(info.st_mode)}"
+        if info.st_size > max_file_bytes:
+            return f"{info.st_size} bytes, over max_file_bytes={max_file_bytes}"
+        return _too_many_pixels(file, max_pixels)
+
+
+def _too_many_pixels(file, max_pixels):
+    """Why the image in `file` is not decoded, from its header (None: within `max_pixels`)."""
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            frames = image.n_frames if image.format in ("GIF", "WEBP") else 1
+    except Image.DecompressionBombError:
+        return "over Pillow's decompression-bomb limit (2 * PIL.Image.MAX_IMAGE_PIXELS pixels)"
+    except Image.UnidentifiedImageError:
+        return "not an image: no PNG, JPEG, GIF or BMP header"
+    except Exception as error:  # noqa: BLE001 - any failure of the header probe skips the file
+        return f"unreadable image header ({type(error).__name__}: {error})"
+    if width * height * frames > max_pixels:
+        count = f" x {frames} frames" if frames > 1 else ""
+        return f"{width} x {height} pixels{count}, over max_pixels={max_pixels}"
+    return None
+
+
+def _file_kind(mode):
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
 
 
 def _decode(path, channels):
@@ -324,34 +465,54 @@ def _decode(path, channels):
     return tf.ensure_shape(image, (None, None, channels))
 
 
-def _decodable(paths, channels, on_error):
-    """Indices of the files that decode, found by decoding all of them in parallel."""
-    path_tensor = tf.constant(paths)
+def _decodable(paths, indices, channels):
+    """The `indices` (one per path) of the files that decode, found by decoding all of them in
+    parallel, and `(index, reason)` for the others."""
+    if not paths:
+        return [], []
+    path_tensor = tf.constant([os.fsencode(path) for path in paths])
     decoded = tf.data.Dataset.range(len(paths)).map(
         lambda i: (i, tf.shape(_decode(path_tensor[i], channels))), num_parallel_calls=tf.data.AUTOTUNE
     ).ignore_errors()
-    keep = sorted(int(i) for batch, _ in decoded.batch(4096) for i in batch.numpy())
-    bad = sorted(set(range(len(paths))) - set(keep))
-    if bad and (on_error == "raise" or not keep):
-        hint = "Pass on_error='skip' to skip them." if keep else "No image file remains."
-        raise ValueError(
-            f"Could not decode image file {paths[bad[0]]!r} ({_decode_error(paths[bad[0]], channels)}); "
-            f"{len(bad)} of {len(paths)} image files cannot be decoded. {hint} Received: on_error={on_error!r}"
-        )
-    if bad:
-        listed = ", ".join(repr(paths[i]) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        warnings.warn(f"Skipped {len(bad)} of {len(paths)} image files that could not be decoded: {listed}",
-                      stacklevel=3)
-    return keep
+    good = {int(i) for batch, _ in decoded.batch(4096) for i in batch.numpy()}
+    bad = [(indices[k], f"cannot be decoded: {_decode_error(paths[k], channels)}")
+           for k in range(len(paths)) if k not in good]
+    return [indices[k] for k in sorted(good)], bad
 
 
 def _decode_error(path, channels):
     """TensorFlow's reason, without its op-name decorations."""
     try:
-        _decode(tf.constant(path), channels)
+        _decode(tf.constant(os.fsencode(path)), channels)
     except tf.errors.OpError as error:
         return re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
     return "decoding failed"
+
+
+def _report_skipped(paths, bad, keep, skipped, on_error):
+    """One warning for everything skipped (files and directory symlinks), or a ValueError
+    naming the first file skipped with `on_error="raise"` or when none remains."""
+    if bad and (on_error == "raise" or not keep):
+        index, reason = bad[0]
+        hint = "Pass on_error='skip' to skip them." if keep else "No image file remains."
+        raise ValueError(
+            f"Cannot use image file {paths[index]!r} ({reason}); {len(bad)} of {len(paths)} image files "
+            f"cannot be used. {hint} Received: on_error={on_error!r}"
+        )
+    parts = []
+    if bad:
+        parts.append(f"Skipped {len(bad)} of {len(paths)} image files: "
+                     f"{_listed([f'{paths[i]!r} ({reason})' for i, reason in bad])}.")
+    if skipped:
+        parts.append(f"Did not enter {len(skipped)} director{'y' if len(skipped) == 1 else 'ies'}: "
+                     f"{_listed([f'{path!r} ({reason})' for path, reason in skipped])}.")
+    if parts:
+        warnings.warn(" ".join(parts) + " All are listed in the dataset's `skipped_files`.", stacklevel=3)
+
+
+def _listed(items):
+    more = len(items) - _SHOWN_SKIPPED
+    return ", ".join(items[:_SHOWN_SKIPPED]) + (f", ... ({more} more)" if more > 0 else "")
 
 
 # -- tfds datasets -------------------------------------------------------------------
@@ -381,11 +542,18 @@ def from_tfds(name, split="train", image_size=None, data_dir=None, *, batch_size
             interpolation: see the module documentation.
     """
     options = _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, interpolation)
+    split = check_text("split", split)
+    if image_size is not None:
+        image_size = check_size("image_size", image_size)
     builder = _prepared_builder(name, data_dir)
     size, has_labels = _tfds_features(name, builder.info.features, image_size)
     read_config = tfds.ReadConfig(shuffle_seed=options["seed"], try_autocache=False)
-    raw = builder.as_dataset(split=split, shuffle_files=options["shuffle"] and not options["cache"],
-                             read_config=read_config)
+    try:
+        raw = builder.as_dataset(split=split, shuffle_files=options["shuffle"] and not options["cache"],
+                                 read_config=read_config)
+    except (ValueError, KeyError, AssertionError) as error:  # tfds' unknown or malformed split
+        raise ValueError(f"`split` must be a split of {name!r} such as 'train' or 'train[:10%]' ({error}). "
+                         f"Received: split={shown(split)}") from None
 
     def prepare(example):
         prepared = {"images": resize_images(_unit_range(example["image"]), size, interpolation)}
@@ -399,13 +567,14 @@ def from_tfds(name, split="train", image_size=None, data_dir=None, *, batch_size
 
 def _prepared_builder(name, data_dir):
     """The tfds builder of `name`, only if prepared in `data_dir` (no network access)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"`name` must be a tfds dataset name such as 'cifar10'. Received: name={name!r}")
+    if not check_text("name", name):
+        raise ValueError("`name` must be a tfds dataset name such as 'cifar10'. Received: name=''")
+    check_text("data_dir", os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir, allow_none=True)
     try:
         builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        first_line = str(error).splitlines()[0]
-        raise ValueError(f"`name` must be a tfds dataset ({first_line}). Received: name={name!r}") from None
+    except (tfds.core.registered.DatasetNotFoundError, ValueError, KeyError, AssertionError) as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"`name` must be a tfds dataset ({first_line}). Received: name={shown(name)}") from None
     if builder.is_prepared():
         return builder
     root = os.fspath(builder.data_dir_root)

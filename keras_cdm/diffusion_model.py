@@ -197,6 +197,8 @@ class DiffusionModel(keras.Model):
             raise ValueError(f"Batches must be dicts with 'images' (and 'labels'). Received: {got}")
         images, labels = inputs["images"], inputs.get("labels")
         check_image_shape("images", images.shape, self.unet.image_size, self.unet.image_channels)
+        images = _with_static_shape(images, (None, self.unet.image_size, self.unet.image_size,
+                                             self.unet.image_channels))
         if (labels is None) != (self.unet.num_classes is None):
             raise ValueError(
                 f"This stage is {'class-conditional' if self.unet.num_classes else 'unconditional'}: "
@@ -499,6 +501,26 @@ def _check_data(model, x):
         if "labels" not in batch:
             raise ValueError(f"This stage is class-conditional: batches need 'labels'. Received keys: {sorted(batch)}")
         check_labels(batch["labels"], model.unet.num_classes)
+
+
+def _with_static_shape(images, shape):
+    """A tf.data batch whose static shape is partly unknown gets the stage's (checked when
+    the batch arrives); other backends trace with concrete shapes."""
+    if keras.backend.backend() != "tensorflow":
+        return images
+    import tensorflow as tf
+
+    static = tf.TensorShape(images.shape)
+    if static.rank == 4 and None not in static.as_list()[1:]:
+        return images
+    actual = tf.shape(images)
+    padded = tf.concat([actual, tf.zeros([4], actual.dtype)], 0)[1:4]  # any rank compares
+    ok = tf.logical_and(tf.equal(tf.size(actual), 4), tf.reduce_all(tf.equal(padded, shape[1:])))
+    expected = f"(batch, {', '.join(map(str, shape[1:]))})"
+    check = tf.debugging.Assert(ok, [f"`images` must have shape {expected} for this stage. Received: images.shape=",
+                                     actual], summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(images, shape)
 
 
 def _scale_for_replicas(loss):

@@ -117,13 +117,14 @@ def test_corrupt_file_skipped_with_one_warning(folder):
 
 
 def test_corrupt_file_raises(folder):
-    with pytest.raises(ValueError, match=r"decode image file .*broken\.png.*1 of 7 image files.*'skip' to skip"):
+    with pytest.raises(ValueError, match=r"Cannot use image file .*broken\.png' \(not an image: no PNG, JPEG, GIF or BMP header\); "
+                                         r"1 of 7 image files cannot be used.*'skip' to skip"):
         data.from_image_folder(folder[0], 8, on_error="raise")
 
 
 def test_folder_of_corrupt_files_only_raises(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(ValueError, match=r"decode image file .*a\.jpg.*1 of 1 image files.*No image file remains"):
+    with pytest.raises(ValueError, match=r"Cannot use image file .*a\.jpg.*1 of 1 image files.*No image file remains"):
         data.from_image_folder(tmp_path, 8, labels=None)
 
 
@@ -152,7 +153,7 @@ def test_empty_and_flat_folder_errors(tmp_path):
     ({"image_size": 0}, "`image_size` must be a positive integer"),
     ({"on_error": "ignore"}, r"`on_error` must be one of \['skip', 'raise'\]. Received: on_error='ignore'"),
     ({"channels": 2}, r"`channels` must be one of \[1, 3\]"),
-    ({"batch_size": 0}, "`batch_size` must be a positive integer"),
+    ({"batch_size": 0}, r"`batch_size` must be an integer in \[1, 2147483647\]"),
     ({"shuffle": "yes"}, "`shuffle` must be True or False"),
     ({"seed": 1.5}, "`seed` must be None or an integer"),
     ({"interpolation": "area"}, "`interpolation` must be one of"),
@@ -181,8 +182,8 @@ def test_from_arrays_uint8_maps_to_unit_range():
 
 
 @pytest.mark.parametrize("images, labels, match", [
-    (np.full((2, 4, 4, 3), 255.0, np.float32), None, r"Float `images` must be in \[-1, 1\].*\[255.0, 255.0\]"),
-    (np.full((2, 4, 4, 3), 300, np.int32), None, r"Integer `images` must be in \[0, 255\]"),
+    (np.full((2, 4, 4, 3), 255.0, np.float32), None, r"`images` must be integers in \[0, 255\], or floats in \[-1, 1\]. Received: floats in \[255, 255\]"),
+    (np.full((2, 4, 4, 3), 300, np.int32), None, r"Received: integers in \[300, 300\]"),
     (np.zeros((2, 4), np.uint8), None, "must be a non-empty array of shape"),
     (np.zeros((2, 4, 4, 3), np.uint8), [0, 1, 2], "`labels` must be 2 non-negative integers"),
     (np.zeros((2, 4, 4, 3), np.uint8), [0.5, 1.0], "`labels` must be 2 non-negative integers"),

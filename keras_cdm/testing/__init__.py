@@ -7,11 +7,34 @@ that need them.
 """
 
 import json
+import threading
+import time
 
 import keras
 import numpy as np
 
 from keras_cdm.images import uint8_to_unit
+
+
+def within(seconds, function):
+    """`(function(), seconds taken)`, run in a daemon thread; its exception is raised here, and
+    an AssertionError if it is still running after `seconds` (a hang fails the test, not the run)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # noqa: BLE001 - handed back to the caller
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s (a hang)"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"], time.perf_counter() - start
 
 
 def to_numpy(x):
