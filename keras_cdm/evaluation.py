@@ -12,7 +12,19 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cdm._validation import check_positive_int
+from keras_cdm._validation import (
+    LIMITS,
+    as_array,
+    check_bool,
+    check_choice,
+    check_finite_array,
+    check_generator_seed,
+    check_int,
+    check_positive_int,
+    check_positive_number,
+    check_size,
+    shown,
+)
 from keras_cdm.images import from_uint8
 
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
@@ -32,9 +44,12 @@ class FeatureStatistics:
 
     def update(self, features):
         """Adds a (B, D) batch of features; returns self."""
-        features = np.asarray(ops.convert_to_numpy(features), dtype=np.float64)
-        if features.ndim != 2:
-            raise ValueError(f"`features` must be a (batch, dim) array. Received: features.shape={features.shape}")
+        allowed = "a (batch, dim) array of finite numbers"
+        features = as_array("features", _to_numpy(features), allowed, ndim=2).astype(np.float64)
+        check_finite_array("features", features, allowed)
+        if self.count and features.shape[1] != len(self._mean):
+            raise ValueError(f"`features` must have the dimension of the earlier batches ({len(self._mean)}). "
+                             f"Received: features.shape={features.shape}")
         if len(features):
             mean = features.mean(axis=0)
             centred = features - mean
@@ -44,7 +59,7 @@ class FeatureStatistics:
     def merge(self, other):
         """Adds the samples summarised by another `FeatureStatistics`; returns self."""
         if not isinstance(other, FeatureStatistics):
-            raise ValueError(f"`other` must be a FeatureStatistics. Received: other={other!r}")
+            raise ValueError(f"`other` must be a FeatureStatistics. Received: other={shown(other)}")
         if other.count:
             self._combine(other.count, other._mean, other._m2)
         return self
@@ -54,7 +69,8 @@ class FeatureStatistics:
             self.count, self._mean, self._m2 = count, mean.copy(), m2.copy()
             return
         if mean.shape != self._mean.shape:
-            raise ValueError(f"Feature dimension mismatch: expected {len(self._mean)}. Received: dim={len(mean)}")
+            raise ValueError(f"`other` must have this one's feature dimension, {len(self._mean)}. "
+                             f"Received: other of dimension {len(mean)}")
         total = self.count + count
         delta = mean - self._mean
         self._mean = self._mean + delta * (count / total)
@@ -75,9 +91,9 @@ class FeatureStatistics:
 
     def save(self, path):
         """Writes `count`, `mu`, `m2` (and `sigma`, as other FID tools name it) to .npz."""
-        path = Path(path)
+        path = Path(_check_path(path))
         if path.suffix != ".npz":
-            raise ValueError(f"Statistics are saved as .npz: the path must end in .npz. Received: path={str(path)!r}")
+            raise ValueError(f"Statistics are saved as .npz: `path` must end in .npz. Received: path={str(path)!r}")
         arrays = {"count": np.int64(self.count), "mu": self.mean, "m2": self._m2}
         if self.count > 1:
             arrays["sigma"] = self.covariance
@@ -88,12 +104,33 @@ class FeatureStatistics:
 
     @classmethod
     def load(cls, path):
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"count", "mu", "m2"} - set(data.files)
-            if missing:
-                raise ValueError(f"Not a FeatureStatistics file (missing {sorted(missing)}). Received: path={path!r}")
-            stats = cls()
-            stats.count, stats._mean, stats._m2 = int(data["count"]), data["mu"], data["m2"]
+        """The statistics written by `save` (a .npz file; never unpickles)."""
+        return cls._load(path, "path")
+
+    @classmethod
+    def _load(cls, path, name):
+        path = _check_path(path, name)
+        allowed = "a .npz file written by FeatureStatistics.save"
+        try:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("not a .npz archive")
+            with data:
+                if {"count", "mu", "m2"} - set(data.files):
+                    raise ValueError(f"arrays {data.files}, not count, mu and m2")
+                count, mean, m2 = data["count"], data["mu"], data["m2"]
+        except FileNotFoundError:
+            raise FileNotFoundError(f"`{name}` must be {allowed}: there is no such file. "
+                                    f"Received: {name}={shown(path)}") from None
+        except (OSError, ValueError, EOFError) as error:  # not a .npz, pickled arrays, missing arrays
+            raise ValueError(f"`{name}` must be {allowed} ({error}). Received: {name}={shown(path)}") from None
+        ok = count.shape == () and count.dtype.kind in "iu" and count >= 1 and mean.ndim == 1
+        ok = ok and mean.dtype.kind == "f" and m2.shape == mean.shape * 2 and m2.dtype.kind == "f"
+        if not ok or not (np.isfinite(mean).all() and np.isfinite(m2).all()):
+            raise ValueError(f"`{name}` must be {allowed}: a count >= 1, a (D,) mean and a (D, D) m2, finite. "
+                             f"Received: {name}={shown(path)}")
+        stats = cls()
+        stats.count, stats._mean, stats._m2 = int(count), mean.astype(np.float64), m2.astype(np.float64)
         return stats
 
 
@@ -116,8 +153,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 
 
 def _check_gaussian(mu, sigma, suffix):
-    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
+    mu = as_array(f"mu{suffix}", mu, "a (D,) mean", ndim=1).astype(np.float64)
+    sigma = as_array(f"sigma{suffix}", sigma, "a (D, D) covariance", ndim=2).astype(np.float64)
+    if sigma.shape != (mu.shape[0],) * 2:
         raise ValueError(f"`sigma{suffix}` must be a (D, D) covariance for `mu{suffix}` of shape (D,). "
                          f"Received: mu{suffix}.shape={mu.shape}, sigma{suffix}.shape={sigma.shape}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
@@ -137,8 +175,8 @@ def _sqrt_factor(sigma):
 
 def fid(real_stats, generated_stats):
     """FID between two `FeatureStatistics` (or paths to their saved .npz files)."""
-    real, generated = (s if isinstance(s, FeatureStatistics) else FeatureStatistics.load(s)
-                       for s in (real_stats, generated_stats))
+    real, generated = (s if isinstance(s, FeatureStatistics) else FeatureStatistics._load(s, name)
+                       for s, name in ((real_stats, "real_stats"), (generated_stats, "generated_stats")))
     return frechet_distance(real.mean, real.covariance, generated.mean, generated.covariance)
 
 
@@ -157,17 +195,22 @@ class InceptionScore:
         self.splits = check_positive_int("splits", splits)
         if splits > num_samples:
             raise ValueError(f"`splits` must be <= `num_samples`. Received: splits={splits}, num_samples={num_samples}")
-        self.from_logits, self.count, self._psum = from_logits, 0, None
+        self.from_logits, self.count, self._psum = check_bool("from_logits", from_logits), 0, None
         self._starts = np.arange(splits) * num_samples // splits
         self._counts, self._plogp = np.zeros(splits, np.int64), np.zeros(splits)
 
     def update(self, values):
         """Adds a (B, K) batch of logits (or probabilities); returns self."""
-        values = np.asarray(ops.convert_to_numpy(values), dtype=np.float64)
-        if values.ndim != 2:
-            raise ValueError(f"`values` must be a (batch, classes) array. Received: values.shape={values.shape}")
+        kind = "logits" if self.from_logits else "probabilities"
+        values = as_array("values", _to_numpy(values), f"a (batch, classes) array of {kind}", ndim=2)
+        values = values.astype(np.float64)
+        classes = values.shape[1] if self._psum is None else self._psum.shape[1]
+        if values.shape[1] != classes or not classes:
+            raise ValueError(f"`values` must be a (batch, classes) array of {kind} with one class or more, as many "
+                             f"as in earlier batches. Received: values.shape={values.shape}")
         if self.count + len(values) > self.num_samples:
-            raise ValueError(f"More samples than announced. Received: {self.count + len(values)} > {self.num_samples}")
+            raise ValueError(f"`values` holds more samples than announced (`num_samples`). "
+                             f"Received: {self.count + len(values)} > {self.num_samples}")
         probs, logp = _log_softmax(values) if self.from_logits else _probabilities(values)
         if self._psum is None:
             self._psum = np.zeros((self.splits, values.shape[1]))
@@ -196,25 +239,50 @@ class InceptionScore:
 
 
 def _log_softmax(logits):
+    # -inf is a logit (probability 0); NaN, +inf, or a row of -inf only, are not.
+    if np.isnan(logits).any() or np.isposinf(logits).any() or (len(logits) and np.isneginf(logits).all(axis=1).any()):
+        raise ValueError(f"`values` must be logits: numbers, -inf allowed, not NaN or +inf, each row with a "
+                         f"finite one. Received: {np.count_nonzero(~np.isfinite(logits))} NaN or infinite values")
     shifted = logits - logits.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     probs = np.exp(logp)
     return probs, np.where(probs > 0, logp, 0.0)
 
 
+_PROBABILITY_TOLERANCE = 1e-3
+
+
 def _probabilities(probs):
-    if probs.size and probs.min() < 0:
-        raise ValueError(f"Probabilities must be non-negative (or pass logits). Received: min={probs.min()}")
+    """Rows of probabilities in [0, 1] summing to 1 (within 1e-3: float32 softmax outputs)."""
+    allowed = ("probabilities (from_logits=False): each row in [0, 1], summing to 1 within "
+               f"{_PROBABILITY_TOLERANCE} (pass logits with from_logits=True)")
+    check_finite_array("values", probs, allowed)
+    sums = probs.sum(axis=1)
+    if probs.size and (probs.min() < 0 or probs.max() > 1 or np.abs(sums - 1).max() > _PROBABILITY_TOLERANCE):
+        raise ValueError(f"`values` must be {allowed}. Received: values in [{probs.min():.6g}, {probs.max():.6g}], "
+                         f"row sums in [{sums.min():.6g}, {sums.max():.6g}]")
     return probs, np.log(np.where(probs > 0, probs, 1.0))
 
 
-def _unit_range(images, channels=None):
+def _to_numpy(value):
+    """A tensor of any backend as numpy; anything else as it is (checked by `as_array`)."""
+    return ops.convert_to_numpy(value) if ops.is_tensor(value) else value
+
+
+def _check_path(path, name="path"):
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\x00" in os.fspath(path):
+        raise ValueError(f"`{name}` must be a file path. Received: {name}={shown(path)}")
+    return path
+
+
+def _unit_range(images, channels=None, name="images"):
     """NHWC images as float32 in [-1, 1]: uint8 is rescaled, floats are clipped."""
-    images = np.asarray(ops.convert_to_numpy(images))
-    if images.ndim != 4 or (channels and images.shape[-1] not in channels):
-        need = f" with {' or '.join(map(str, channels))} channels" if channels else ""
-        raise ValueError(f"`images` must be an (N, H, W, C) array{need}. Received: images.shape={images.shape}")
-    return from_uint8(images, tolerance=0.5, clip=True)
+    need = f" with {' or '.join(map(str, channels))} channels" if channels else ""
+    allowed = f"an (N, H, W, C) array{need}, not empty"
+    images = as_array(name, _to_numpy(images), allowed)
+    if images.ndim != 4 or not images.size or (channels and images.shape[-1] not in channels):
+        raise ValueError(f"`{name}` must be {allowed}. Received: {name}.shape={images.shape}")
+    return from_uint8(images, tolerance=0.5, clip=True, name=name)
 
 
 def _as_numpy_outputs(outputs):
@@ -239,10 +307,14 @@ class InceptionV3Features:
     """
 
     def __init__(self, weights="imagenet", allow_download=False):
-        path = _inception_weights_path(weights, allow_download)
+        path = _inception_weights_path(weights, check_bool("allow_download", allow_download))
         base = keras.applications.InceptionV3(weights=None, classifier_activation=None)
         if path is not None:
-            base.load_weights(path)
+            try:
+                base.load_weights(path)
+            except (ValueError, OSError, KeyError) as error:  # not an h5 file, or not these weights
+                raise ValueError(f"`weights` must be a file of InceptionV3 weights ({error}). "
+                                 f"Received: weights={shown(str(weights))}") from None
         heads = keras.Model(base.input, {"features": base.get_layer("avg_pool").output, "logits": base.output})
         images = keras.Input((None, None, 3))
         resized = keras.layers.Resizing(299, 299, interpolation="bilinear")(images)
@@ -276,12 +348,19 @@ def _inception_weights_path(weights, allow_download):
             f"Download {INCEPTION_WEIGHTS_URL} to that path (or set KERAS_HOME), pass weights='path/to/"
             f"{INCEPTION_WEIGHTS_FILE}', or pass allow_download=True."
         )
+    if isinstance(weights, (str, os.PathLike)) and not str(weights).endswith(".h5"):
+        raise ValueError(f"`weights` must be 'imagenet', a path to an .h5 file or None. "
+                         f"Received: weights={shown(weights)}")
     if isinstance(weights, (str, os.PathLike)):
-        if Path(weights).is_file():
+        try:
+            found = Path(_check_path(weights, "weights")).is_file()
+        except OSError:  # e.g. a name too long
+            found = False
+        if found:
             return str(weights)
-        raise FileNotFoundError(f"No InceptionV3 weights file there (see {INCEPTION_WEIGHTS_URL}). "
-                                f"Received: weights={str(weights)!r}")
-    raise ValueError(f"`weights` must be 'imagenet', a path to an .h5 file or None. Received: weights={weights!r}")
+        raise FileNotFoundError(f"`weights` must be an InceptionV3 weights file (see {INCEPTION_WEIGHTS_URL}): "
+                                f"there is none there. Received: weights={shown(str(weights))}")
+    raise ValueError(f"`weights` must be 'imagenet', a path to an .h5 file or None. Received: weights={shown(weights)}")
 
 
 class ClassifierFeatures:
@@ -301,14 +380,24 @@ class ClassifierFeatures:
             inputs = outputs = None
         if not isinstance(model, keras.Model) or not inputs or len(outputs) != 1:
             raise ValueError("`model` must be a built functional or Sequential Keras model with one output. "
-                             f"Received: model={model!r}")
+                             f"Received: model={shown(model)}")
+        names = [layer.name for layer in model.layers]
+        if feature_layer is not None and (not isinstance(feature_layer, str) or feature_layer not in names):
+            raise ValueError(f"`feature_layer` must be None or the name of a layer of `model` ({shown(names)}). "
+                             f"Received: feature_layer={shown(feature_layer)}")
         features = model.layers[-1].input if feature_layer is None else model.get_layer(feature_layer).output
-        self.from_logits = from_logits
+        self.from_logits = check_bool("from_logits", from_logits)
         inputs = inputs[0] if len(inputs) == 1 else inputs
         self.model = keras.Model(inputs, {"features": features, "logits": outputs[0]})
 
     def __call__(self, images):
-        out = _as_numpy_outputs(self.model.predict_on_batch(_unit_range(images)))
+        images = _unit_range(images)
+        expected = tuple(self.model.inputs[0].shape[1:])
+        if len(self.model.inputs) == 1 and not all(e is None or e == g for e, g in zip(expected, images.shape[1:])):
+            shape = ", ".join("H W C".split()[i] if e is None else str(e) for i, e in enumerate(expected))
+            raise ValueError(f"`images` must have shape (N, {shape}) for this model. Received: "
+                             f"images.shape={images.shape}")
+        out = _as_numpy_outputs(self.model.predict_on_batch(images))
         out["features"] = out["features"].reshape(len(out["features"]), -1)
         if not self.from_logits:
             out["logits"] = np.log(np.maximum(out["logits"].astype(np.float64), 1e-300))
@@ -330,22 +419,38 @@ def compute_statistics(images, extractor, batch_size=100, num_samples=None, ince
             IS of an iterable.
     """
     batch_size = check_positive_int("batch_size", batch_size)
+    inception_score = check_bool("inception_score", inception_score)
+    splits = check_positive_int("splits", splits)
+    if not callable(extractor):
+        raise ValueError("`extractor` must be a callable mapping a batch of images to "
+                         f"{{'features': ..., 'logits': ...}}. Received: extractor={shown(extractor)}")
+    if isinstance(images, (list, tuple)) and images and not hasattr(images[0], "__len__"):
+        images = as_array("images", images, "an (N, H, W, C) array or an iterable of batches")
     is_array = hasattr(images, "shape") and len(images.shape) == 4
-    if is_array:
-        num_samples = images.shape[0] if num_samples is None else min(num_samples, images.shape[0])
+    wrong_array = hasattr(images, "shape") and not is_array
+    if isinstance(images, (str, bytes, dict)) or wrong_array or not (is_array or hasattr(images, "__iter__")):
+        raise ValueError("`images` must be an (N, H, W, C) array or an iterable of (B, H, W, C) batches. "
+                         f"Received: images={shown(images)}")
     if num_samples is not None:
         num_samples = check_positive_int("num_samples", num_samples)
-    elif inception_score:
+    if is_array:
+        if not images.shape[0]:
+            raise ValueError(f"`images` must hold at least one image. Received: images.shape={images.shape}")
+        num_samples = images.shape[0] if num_samples is None else min(num_samples, images.shape[0])
+    elif inception_score and num_samples is None:
         raise ValueError("The Inception Score of an iterable needs `num_samples`. Received: num_samples=None")
     stats = FeatureStatistics()
     score = InceptionScore(num_samples, splits) if inception_score else None
     for batch in _batches(images, is_array, batch_size, num_samples):
         out = extractor(batch)
+        if not isinstance(out, dict) or "features" not in out or (score is not None and "logits" not in out):
+            needed = "'features' and 'logits'" if score is not None else "'features'"
+            raise ValueError(f"`extractor` must return a dict with {needed}. Received: {shown(out)}")
         stats.update(out["features"])
         if score is not None:
-            if "logits" not in out:
-                raise ValueError(f"The Inception Score needs logits: the extractor returned only {sorted(out)}.")
             score.update(out["logits"])
+    if not stats.count:
+        raise ValueError(f"`images` must hold at least one image. Received: images={shown(images)}")
     return (stats, score) if inception_score else stats
 
 
@@ -356,7 +461,9 @@ def _batches(images, is_array, batch_size, num_samples):
         return
     seen = 0
     for batch in images:
-        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        batch = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if not (hasattr(batch, "shape") and len(batch.shape) == 4):
+            batch = as_array("images", batch, "an iterable of (B, H, W, C) batches", ndim=4)
         if num_samples is not None:
             batch = batch[: num_samples - seen]
         seen += len(batch)
@@ -375,7 +482,10 @@ def default_cas_classifier(input_shape, num_classes, width=32):
     """Small CNN for CAS: (conv3x3-ReLU x2, max-pool) stages, widths doubling (at most
     8 x `width`), until the feature map is at most 4 pixels wide; dropout; a linear
     layer to `num_classes` logits."""
-    inputs = keras.Input(tuple(input_shape))
+    input_shape = _check_input_shape(input_shape)
+    num_classes = check_size("num_classes", num_classes)
+    width = check_int("width", width, 1, _MAX_CAS_WIDTH)
+    inputs = keras.Input(input_shape)
     x, size, channels = inputs, min(input_shape[:2]), width
     while True:
         x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu")(x)
@@ -385,6 +495,25 @@ def default_cas_classifier(input_shape, num_classes, width=32):
             break
     x = keras.layers.Dropout(0.3)(keras.layers.Flatten()(x))
     return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="cas_classifier")
+
+
+_MAX_CAS_WIDTH = 1024
+
+
+def _check_input_shape(input_shape):
+    """(H, W, C) of a classifier input: H, W in [2, LIMITS["image_size"]], C in [1, LIMITS["image_channels"]]."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    bounds = [(2, LIMITS["image_size"])] * 2 + [(1, LIMITS["image_channels"])]
+    if shape is None or len(shape) != 3 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and low <= v <= high
+            for v, (low, high) in zip(shape, bounds)):
+        raise ValueError(f"`input_shape` must be (height, width, channels) with height and width in [2, "
+                         f"{LIMITS['image_size']}] and channels in [1, {LIMITS['image_channels']}]. "
+                         f"Received: input_shape={shown(input_shape)}")
+    return tuple(int(v) for v in shape)
 
 
 def classification_accuracy_score(train_images, train_labels, test_images, test_labels, num_classes,
@@ -407,9 +536,21 @@ def classification_accuracy_score(train_images, train_labels, test_images, test_
         dict: `top1`, `top5` (top-min(5, num_classes)), `per_class_top1` (NaN for
         classes absent from the test set; the paper's Figure 5), `history`.
     """
-    num_classes = check_positive_int("num_classes", num_classes)
-    x_train, y_train = _unit_range(train_images), _check_labels("train", train_labels, train_images, num_classes)
-    x_test, y_test = _unit_range(test_images), _check_labels("test", test_labels, test_images, num_classes)
+    num_classes = check_size("num_classes", num_classes)
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_int("batch_size", batch_size, 1, 2**31 - 1)
+    learning_rate = check_positive_number("learning_rate", learning_rate)
+    seed = check_generator_seed(seed)
+    verbose = check_choice("verbose", verbose, ("auto", 0, 1, 2))
+    if classifier is not None and not isinstance(classifier, keras.Model):
+        raise ValueError(f"`classifier` must be None or a Keras model. Received: classifier={shown(classifier)}")
+    x_train = _unit_range(train_images, name="train_images")
+    y_train = _check_labels("train", train_labels, x_train, num_classes)
+    x_test = _unit_range(test_images, name="test_images")
+    y_test = _check_labels("test", test_labels, x_test, num_classes)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"`test_images` must have the shape of `train_images` per image, {x_train.shape[1:]}. "
+                         f"Received: test_images.shape={x_test.shape}")
     if seed is not None:
         keras.utils.set_random_seed(seed)
     model = classifier if classifier is not None else default_cas_classifier(x_train.shape[1:], num_classes)
@@ -455,10 +596,11 @@ def _accuracies(model, images, labels, num_classes, batch_size):
 
 
 def _check_labels(split, labels, images, num_classes):
-    labels = np.asarray(ops.convert_to_numpy(labels))
+    name = f"{split + '_' if split else ''}labels"
+    labels = as_array(name, _to_numpy(labels), f"one integer in [0, {num_classes}) per image")
     ok = labels.ndim == 1 and len(labels) == len(images) and np.issubdtype(labels.dtype, np.integer)
     if not ok or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
-        raise ValueError(f"`{split + '_' if split else ''}labels` must be one integer in [0, {num_classes}) per image. Received: "
+        raise ValueError(f"`{name}` must be one integer in [0, {num_classes}) per image. Received: "
                          f"shape={labels.shape}, dtype={labels.dtype}, for {len(images)} images")
     return labels.astype(np.int32)
 
