@@ -33,8 +33,8 @@ class GaussianDiffusion:
         schedule: "linear" (scaled by 1000/T) or "cosine".
         beta_start, beta_end: ends of a linear schedule (default: Improved DDPM's).
         section_counts: respace the process to a subset of its steps (see
-            `schedules.space_timesteps`), e.g. "100" or "ddim50"; always relative
-            to the `num_timesteps` steps of the original process.
+            `schedules.respaced_steps`), e.g. "100", "ddim50" or "logsnr20"; always
+            relative to the `num_timesteps` steps of the original process.
         prediction: what the network predicts: "epsilon" or "x_start".
         variance: "fixed_small" (posterior variance), "fixed_large" (beta_t),
             or "learned_range" (Improved DDPM: the network's extra channels v
@@ -86,7 +86,7 @@ class GaussianDiffusion:
         base = sched.get_beta_schedule(schedule, num_timesteps, beta_start, beta_end)
         kept = range(num_timesteps)
         if section_counts is not None:
-            kept = sorted(sched.space_timesteps(num_timesteps, section_counts))
+            kept = sorted(sched.respaced_steps(np.cumprod(1.0 - base), section_counts))
             base = _respaced_betas(base, kept)
         self._set_buffers(base, np.asarray(kept, dtype=np.int64))
         self._tensors = {}

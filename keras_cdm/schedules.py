@@ -13,6 +13,9 @@ SCHEDULES = ("linear", "cosine")
 CONDITIONINGS = ("timestep", "noise_level")
 """What a network is conditioned on for step t: the step index itself, or the
 continuous noise level sqrt(alpha_bar_t) (section 4.4)."""
+NOISE_SPACINGS = ("logsnr", "karras")
+"""Prefixes of section counts that space the kept steps by noise level, e.g. "logsnr20"."""
+KARRAS_RHO = 7.0
 
 
 def get_beta_schedule(name, num_timesteps, beta_start=None, beta_end=None):
@@ -98,6 +101,53 @@ def space_timesteps(num_timesteps, section_counts):
             position += stride
         start += size
     return set(steps)
+
+
+def respaced_steps(alphas_cumprod, section_counts):
+    """The steps of a process with `alphas_cumprod` kept by `section_counts`: those of
+    `space_timesteps`, or of `space_by_noise_level` for "logsnrN" and "karrasN"."""
+    if isinstance(section_counts, str) and section_counts.startswith(NOISE_SPACINGS):
+        return space_by_noise_level(alphas_cumprod, section_counts)
+    return space_timesteps(len(alphas_cumprod), section_counts)
+
+
+def space_by_noise_level(alphas_cumprod, section_counts):
+    """The N steps kept by "logsnrN" or "karrasN", from the last step to the first.
+
+    "logsnrN" spaces them evenly in log-SNR, log(alpha_bar / (1 - alpha_bar)), as
+    DPM-Solver does; "karrasN" evenly in sigma^(1/7), where sigma =
+    sqrt(1/alpha_bar - 1) is the noise level of x_t / sqrt(alpha_bar) (Karras et al.
+    2022, rho = 7: more steps at high noise than "logsnrN", the limit of large rho,
+    and more at low noise than even steps in sigma). Each target level is rounded to
+    the step of nearest log-SNR; where targets round to the same step, some move to
+    the nearest free steps, so that exactly N distinct steps are kept. Returns a set.
+    """
+    ac = np.asarray(alphas_cumprod, np.float64)
+    prefix = next(p for p in NOISE_SPACINGS if section_counts.startswith(p))
+    digits = section_counts[len(prefix):]
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= len(ac):
+        raise ValueError(f'`section_counts` "{prefix}N" takes N in [1, {len(ac)}] (the steps of the process). '
+                         f"Received: section_counts={section_counts!r}")
+    log_snr = np.log(ac) - np.log1p(-ac)  # decreasing in t
+    fractions = np.linspace(0.0, 1.0, int(digits))
+    if prefix == "logsnr":
+        targets = log_snr[-1] + fractions * (log_snr[0] - log_snr[-1])
+    else:
+        ramp = np.exp(-log_snr[[-1, 0]] / (2 * KARRAS_RHO))  # sigma^(1/rho) at both ends
+        targets = -2 * KARRAS_RHO * np.log(ramp[0] + fractions * (ramp[1] - ramp[0]))
+    steps = np.sort(np.abs(log_snr[None, :] - targets[:, None]).argmin(axis=1))
+    return set(_distinct(steps, len(ac)))
+
+
+def _distinct(steps, num_timesteps):
+    """Sorted steps made strictly increasing within [0, num_timesteps), each moved as little as needed."""
+    steps = [int(step) for step in steps]
+    for i in range(1, len(steps)):  # each above the one before
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    steps[-1] = min(steps[-1], num_timesteps - 1)
+    for i in range(len(steps) - 2, -1, -1):  # and below the one after
+        steps[i] = min(steps[i], steps[i + 1] - 1)
+    return steps
 
 
 def _parse_count(text, original):

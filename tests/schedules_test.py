@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_cdm.schedules import get_beta_schedule, space_timesteps
+from keras_cdm.schedules import get_beta_schedule, respaced_steps, space_timesteps
 
 
 def cosine_alpha_bar(t, T, s=0.008):
@@ -105,3 +105,44 @@ def test_cosine_value_at_midpoint_golden():
     betas = get_beta_schedule("cosine", 1000)
     expected = math.cos(0.508 / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
     assert np.cumprod(1 - betas)[499] == pytest.approx(expected, rel=1e-12)
+
+
+# Spacing by noise level ("logsnrN", "karrasN") ------------------------------------------------------
+
+
+def _nearest_log_snr_steps(ac, targets):
+    log_snr = np.log(ac / (1 - ac))
+    return [int(np.argmin(np.abs(log_snr - target))) for target in targets]
+
+
+def test_logsnr_and_karras_steps_are_the_steps_nearest_their_targets():
+    ac = np.cumprod(1 - np.linspace(0.25e-4, 0.005, 4000))  # linear, 4000 steps (derived here)
+    log_snr = np.log(ac / (1 - ac))
+    logsnr_targets = np.linspace(log_snr[-1], log_snr[0], 20)
+    sigma_ramp = np.linspace(np.exp(-log_snr[-1] / 14), np.exp(-log_snr[0] / 14), 20)  # sigma^(1/7), rho = 7
+    for counts, targets in [("logsnr20", logsnr_targets), ("karras20", -14 * np.log(sigma_ramp))]:
+        kept = sorted(respaced_steps(ac, counts))
+        assert len(kept) == 20 and kept[0] == 0 and kept[-1] == 3999
+        assert kept == sorted(_nearest_log_snr_steps(ac, targets)), counts
+    karras, logsnr = sorted(respaced_steps(ac, "karras20")), sorted(respaced_steps(ac, "logsnr20"))
+    assert np.mean(karras) > np.mean(logsnr)  # rho = 7 spends more steps at high noise than even log-SNR
+
+
+def test_targets_that_round_to_one_step_move_to_free_steps():
+    ac = np.cumprod(1 - get_beta_schedule("cosine", 10))
+    assert len(set(_nearest_log_snr_steps(ac, np.linspace(np.log(ac[-1] / (1 - ac[-1])), 0, 8)))) < 8
+    for counts in ("logsnr8", "karras8", "karras10"):
+        kept = respaced_steps(ac, counts)
+        assert len(kept) == int(counts[6:]) and {0, 9} <= kept and kept <= set(range(10))
+
+
+def test_other_section_counts_respace_as_before():
+    ac = np.cumprod(1 - get_beta_schedule("linear", 1000))
+    for counts in ("ddim50", "100", "10,15,20", [3, 4], 7):
+        assert respaced_steps(ac, counts) == space_timesteps(1000, counts)
+
+
+@pytest.mark.parametrize("counts", ["logsnr0", "karras11", "logsnr-2", "karrasx", "logsnr"])
+def test_noise_level_spacing_errors(counts):
+    with pytest.raises(ValueError, match=r'"(logsnr|karras)N" takes N in \[1, 10\] \(the steps of the process\)'):
+        respaced_steps(np.cumprod(1 - get_beta_schedule("cosine", 10)), counts)
