@@ -15,13 +15,14 @@ from keras import ops
 
 from keras_cdm import losses
 from keras_cdm import schedules as sched
+from keras_cdm import solvers
 from keras_cdm._validation import check_choice, check_config, check_finite, check_size, is_int, shown
 from keras_cdm.seeding import INITIAL_NOISE_COUNTER, stateless_normal, step_counter
 
 PREDICTIONS = ("epsilon", "x_start")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 LOSSES = ("mse", "hybrid")
-SAMPLERS = ("ancestral", "ddim")
+SAMPLERS = ("ancestral", "ddim") + tuple(solvers.SOLVERS)
 
 
 @keras.saving.register_keras_serializable(package="keras_cdm")
@@ -154,6 +155,13 @@ class GaussianDiffusion:
             self._tensors[name] = np.asarray(getattr(self, name), dtype=dtype)
         return ops.convert_to_tensor(self._tensors[name])
 
+    def _solver_table(self, sampler):
+        """The float32 coefficient table of a multistep sampler (see `solvers`), cached."""
+        key = f"solver_table/{sampler}"
+        if key not in self._tensors:
+            self._tensors[key] = solvers.coefficient_table(self.alphas_cumprod, sampler).astype("float32")
+        return ops.convert_to_tensor(self._tensors[key])
+
     def _extract(self, name, t, ndim=4):
         """`buffer[t]` for a batch of steps, shaped to broadcast against NHWC."""
         values = ops.take(self._tensor(name), ops.cast(t, "int32"), axis=0)
@@ -226,14 +234,23 @@ class GaussianDiffusion:
             log_variance = ops.log(variance) if self.variance == "fixed_large" else ops.broadcast_to(
                 self._extract("posterior_log_variance_clipped", t), ops.shape(x_t)
             )
-        if self.prediction == "epsilon":
-            pred_xstart = self.predict_xstart_from_eps(x_t, t, model_output)
-        else:
-            pred_xstart = model_output
-        if clip_denoised:
-            pred_xstart = ops.clip(pred_xstart, -1.0, 1.0)
+        pred_xstart = self._xstart(model_output, x_t, t, clip_denoised)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
         return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart}
+
+    def predict_xstart(self, model_output, x_t, t, clip_denoised=True):
+        """The network's prediction of x_0 (the data prediction of DPM-Solver++), from
+        the first half of the channels when variances are learned; clipped to [-1, 1]
+        with `clip_denoised`."""
+        model_output, x_t = ops.cast(model_output, "float32"), ops.cast(x_t, "float32")
+        if self.variance == "learned_range":
+            model_output, _ = ops.split(model_output, 2, axis=-1)
+        return self._xstart(model_output, x_t, t, clip_denoised)
+
+    def _xstart(self, prediction, x_t, t, clip_denoised):
+        if self.prediction == "epsilon":
+            prediction = self.predict_xstart_from_eps(x_t, t, prediction)
+        return ops.clip(prediction, -1.0, 1.0) if clip_denoised else prediction
 
     # -- losses -------------------------------------------------------------------
 
@@ -335,16 +352,33 @@ class GaussianDiffusion:
         `conditioning` is `model_conditioning(t)` for the batch (original step
         indices, or noise levels). The step's noise is a pure function of
         `(seed, t)`, so a Python loop over `sample_step` and the compiled
-        `sample_loop` give the same samples.
+        `sample_loop` give the same samples. For a multistep sampler ("dpm++...",
+        see `solvers`) `x_t` is a loop state (`solvers.initial_state`), and so is
+        the result.
         """
         check_choice("sampler", sampler, SAMPLERS)
+        if solvers.is_multistep(sampler):
+            return self._solver_step(denoise_fn, x_t, t, seed, sampler, clip_denoised)
         x_t = ops.cast(x_t, "float32")
-        steps = ops.zeros_like(ops.cast(x_t[:, 0, 0, 0], "int32")) + ops.cast(t, "int32")
-        model_output = denoise_fn(x_t, self.model_conditioning(steps))
+        model_output, steps = self._denoise(denoise_fn, x_t, t)
         noise = stateless_normal(ops.shape(x_t), seed, step_counter(t))
         if sampler == "ancestral":
             return self.p_sample(model_output, x_t, steps, noise, clip_denoised)
         return self.ddim_sample(model_output, x_t, steps, noise, eta, clip_denoised)
+
+    def _denoise(self, denoise_fn, x_t, t):
+        """The network output at step `t` (a scalar) for the batch `x_t`, and the batch of steps."""
+        steps = ops.zeros_like(ops.cast(x_t[:, 0, 0, 0], "int32")) + ops.cast(t, "int32")
+        return denoise_fn(x_t, self.model_conditioning(steps)), steps
+
+    def _solver_step(self, denoise_fn, state, t, seed, sampler, clip_denoised):
+        """One step of a DPM-Solver++ sampler: the data prediction, then `solvers.solver_step`."""
+        x_t = state[0]
+        model_output, steps = self._denoise(denoise_fn, x_t, t)
+        x_start = self.predict_xstart(model_output, x_t, steps, clip_denoised)
+        _, stochastic = solvers.SOLVERS[sampler]
+        noise = stateless_normal(ops.shape(x_t), seed, step_counter(t)) if stochastic else None
+        return solvers.solver_step(self._solver_table(sampler), state, x_start, t, self.num_timesteps, sampler, noise)
 
     def sample_loop(self, denoise_fn, x, seed, start_step=None, stop_step=None,
                     sampler="ancestral", eta=0.0, clip_denoised=True):
@@ -360,14 +394,18 @@ class GaussianDiffusion:
             start_step: step of `x`; defaults to T-1 (pure noise).
             stop_step: None to run down to x_0; s to stop early and return the
                 sample at step s (z_s, for truncated conditioning augmentation).
-            sampler: "ancestral" or "ddim".
+            sampler: "ancestral", "ddim", or a DPM-Solver++ sampler: "dpm++2m",
+                "dpm++3m", "dpm++2m-sde" (see `solvers`; a run from `start_step`
+                begins with first-order steps, as it has no earlier predictions).
             eta: DDIM noise scale.
             clip_denoised: clip the predicted x_0 to [-1, 1].
         """
         start = self.num_timesteps - 1 if start_step is None else start_step
         stop = -1 if stop_step is None else stop_step
         self.check_steps(start, stop)
-        return self.run_steps(denoise_fn, x, seed, start, start - stop, sampler, eta, clip_denoised)
+        state = solvers.initial_state(x, sampler)
+        state = self.run_steps(denoise_fn, state, seed, start, start - stop, sampler, eta, clip_denoised)
+        return solvers.state_sample(state)
 
     def run_steps(self, denoise_fn, x, seed, start_step, num_steps, sampler="ancestral", eta=0.0,
                   clip_denoised=True):
@@ -375,6 +413,8 @@ class GaussianDiffusion:
 
         Unlike `sample_loop`, `start_step` may be a tensor, so one compiled
         function can run successive chunks of a long chain (progress bars).
+        For a multistep sampler `x` is its loop state (`solvers.initial_state`) and
+        so is the result: a chain run in chunks is the same chain.
         """
         check_choice("sampler", sampler, SAMPLERS)
         start = ops.cast(start_step, "int32")
@@ -382,7 +422,7 @@ class GaussianDiffusion:
         def body(i, x_t):
             return self.sample_step(denoise_fn, x_t, start - i, seed, sampler, eta, clip_denoised)
 
-        return ops.fori_loop(0, num_steps, body, ops.cast(x, "float32"))
+        return ops.fori_loop(0, num_steps, body, x if isinstance(x, tuple) else ops.cast(x, "float32"))
 
     def initial_noise(self, shape, seed):
         """x_T ~ N(0, I) for `sample_loop`, a pure function of `seed`."""

@@ -32,6 +32,7 @@ from keras_cdm.ema import Adam
 from keras_cdm.images import INTERPOLATIONS
 from keras_cdm.sampling import SamplingPlan, make_plan
 from keras_cdm.seeding import per_example_seeds
+from keras_cdm.solvers import initial_state, state_sample
 from keras_cdm.unet import DiffusionUNet
 
 
@@ -213,9 +214,13 @@ class DiffusionModel(keras.Model):
         """Validates sampling settings once and returns this stage's `SamplingPlan`.
 
         Settings (all optional; defaults in `keras_cdm.sampling.SAMPLING_DEFAULTS`):
-            sampler: "ancestral" or "ddim" (with `eta`).
-            num_steps: respace the reverse process: an int (e.g. 100), or
-                section counts such as "ddim50"; None uses all its steps.
+            sampler: "ancestral", "ddim" (with `eta`), or DPM-Solver++:
+                "dpm++2m", "dpm++3m", "dpm++2m-sde" (see `keras_cdm.solvers` and
+                docs/sampling.md).
+            num_steps: respace the reverse process: an int (e.g. 100, evenly
+                spaced steps), section counts such as "ddim50", or N steps evenly
+                spaced in log-SNR ("logsnr20") or in Karras et al.'s spacing
+                ("karras20"); None uses all its steps.
             eta: DDIM noise scale (>= 0).
             clip_denoised: clip the predicted x_0 to [-1, 1] at every step.
             augmentation_level: s for a Gaussian-augmented stage (0 = none).
@@ -271,7 +276,7 @@ class DiffusionModel(keras.Model):
         if low_res_images is not None:
             conditioning.update(self._sampling_low_res_inputs(low_res_images, plan, seeds))
         shape = (len(seeds), self.unet.image_size, self.unet.image_size, self.unet.image_channels)
-        x = plan.process.initial_noise(shape, seeds)
+        state = initial_state(plan.process.initial_noise(shape, seeds), plan.sampler)
         total = plan.num_network_evaluations
         chunk = total if not _show_progress(verbose, total) else max(1, math.ceil(total / 20))
         progress = keras.utils.Progbar(total, unit_name="step") if chunk < total else None
@@ -281,11 +286,11 @@ class DiffusionModel(keras.Model):
             while done < total:
                 steps = min(chunk, total - done)
                 run = self._sampler(plan, steps, sorted(conditioning))
-                x = run(x, seed_tensor, ops.convert_to_tensor(plan.start_step - done, "int32"), conditioning)
+                state = run(state, seed_tensor, ops.convert_to_tensor(plan.start_step - done, "int32"), conditioning)
                 done += steps
                 if progress is not None:
                     progress.update(done)
-        return np.asarray(ops.convert_to_numpy(x))
+        return np.asarray(ops.convert_to_numpy(state_sample(state)))
 
     def _sampler(self, plan, steps, keys):
         key = (repr(plan.process), steps, plan.sampler, float(plan.eta), plan.clip_denoised, tuple(keys))

@@ -33,8 +33,9 @@ class CascadedDiffusionPipeline:
             name the subfolders of a saved cascade.
         sampling: per-stage sampling settings: a list with one dict per stage,
             or a dict from stage name to dict. Keys (all optional):
-            `sampler` ("ancestral" | "ddim"), `num_steps` (respacing, e.g. 100
-            or "ddim50"), `eta`, `clip_denoised`, `augmentation_level` (s),
+            `sampler` ("ancestral" | "ddim" | "dpm++2m" | "dpm++3m" |
+            "dpm++2m-sde"), `num_steps` (respacing, e.g. 100, "ddim50",
+            "logsnr20" or "karras20"), `eta`, `clip_denoised`, `augmentation_level` (s),
             `truncated` (feed the previous stage's sample stopped at s instead
             of re-noising its final sample), `noise_schedule` (inference
             schedule of a continuous-noise stage).

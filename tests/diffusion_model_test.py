@@ -253,7 +253,7 @@ def test_fit_rejects_bad_data_before_any_compute(data, message):
         ({"labels": [0], "low_res_images": np.zeros((1, 8, 8, 1)), "stop_step": 20},
          "`stop_step` must be None or an integer in [0, start_step) = [0, 19). Received: stop_step=20"),
         ({"labels": [0], "low_res_images": np.zeros((1, 8, 8, 1)), "sampler": "heun"},
-         "`sampler` must be one of ['ancestral', 'ddim']"),
+         "`sampler` must be one of ['ancestral', 'ddim', 'dpm++2m', 'dpm++3m', 'dpm++2m-sde']"),
         ({"labels": [0], "low_res_images": np.zeros((1, 8, 8, 1)), "seed": 1.5},
          "`seed` must be None, an integer in [0, 2**31), or 1 such integers (one per image). Received: seed=1.5"),
         ({"labels": [0, 1], "low_res_images": np.zeros((2, 8, 8, 1)), "seed": [3]},

@@ -250,7 +250,8 @@ def test_bad_configurations_raise_clear_errors(kwargs, message):
         ({"start_step": -1}, "Received: start_step=-1"),
         ({"stop_step": 9}, "`stop_step` must be None or an integer in [0, start_step) = [0, 9). Received: stop_step=9"),
         ({"start_step": 3, "stop_step": 5}, "Received: stop_step=5"),
-        ({"sampler": "euler"}, "`sampler` must be one of ['ancestral', 'ddim']. Received: sampler='euler'"),
+        ({"sampler": "euler"}, "`sampler` must be one of ['ancestral', 'ddim', 'dpm++2m', 'dpm++3m', 'dpm++2m-sde']. "
+                                "Received: sampler='euler'"),
     ],
 )
 def test_sampling_steps_out_of_range_raise(kwargs, message):

@@ -103,7 +103,7 @@ def test_generate_rejects_bad_requests(cascade, kwargs, message):
         ("sr16", {"augmentation_level": 11}, r"`augmentation_level` must be an integer in \[0, 10\]"),
         ("base", {"truncated": True}, "`truncated=True` needs a Gaussian-augmented upsampler after another stage"),
         ("base", {"noise_schedule": {"schedule": "linear"}}, "`noise_schedule` needs a stage trained with continuous"),
-        ("base", {"sampler": "euler"}, r"`sampler` must be one of \['ancestral', 'ddim'\]"),
+        ("base", {"sampler": "euler"}, r"`sampler` must be one of \['ancestral', 'ddim', 'dpm\+\+2m', "),
         ("base", {"steps": 4}, r"Sampling settings take the keys .* Received: \['steps'\]"),
         ("base", {"eta": -1.0}, "`eta` must be a number >= 0"),
     ],

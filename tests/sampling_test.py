@@ -111,7 +111,7 @@ def test_truncation_links_the_previous_plan(cascade):
     ({"truncated": "yes"}, "`truncated` must be True or False. Received: truncated='yes'"),
     ({"eta": -1}, "`eta` must be a number >= 0. Received: eta=-1"),
     ({"clip_denoised": 0}, "`clip_denoised` must be True or False"),
-    ({"sampler": "heun"}, "`sampler` must be one of ['ancestral', 'ddim']"),
+    ({"sampler": "heun"}, "`sampler` must be one of ['ancestral', 'ddim', 'dpm++2m', 'dpm++3m', 'dpm++2m-sde']"),
     ({"steps": 3}, "Sampling settings take the keys"),
 ])
 def test_bad_settings_are_refused_by_the_stage(cascade, settings, message):
