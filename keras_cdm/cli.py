@@ -45,7 +45,7 @@ def _cmd_sample(args):
                          f"Received: --per-class {args.per_class}, --labels {args.labels}, "
                          f"--num-images {args.num_images}")
     pipeline = _load_pipeline(args.preset, args.revision)
-    _apply_steps(pipeline, args.steps)
+    _apply_sampling(pipeline, args.steps, args.sampler)
     labels, columns = args.labels, args.columns
     if args.per_class is not None:
         classes = pipeline.stages[0].unet.num_classes
@@ -60,15 +60,24 @@ def _cmd_sample(args):
     print(f"wrote {len(images)} samples ({images.shape[1]}x{images.shape[2]}) to {path} in {seconds:.1f} s")
 
 
-def _apply_steps(pipeline, steps):
-    if not steps:
-        return
-    if len(steps) not in (1, len(pipeline.stages)):
-        raise ValueError(f"--steps takes one value, or one per stage ({len(pipeline.stages)}: "
-                         f"{pipeline.stage_names}). Received: {len(steps)} values")
-    for k, value in enumerate(steps * len(pipeline.stages) if len(steps) == 1 else steps):
-        pipeline.set_sampling(k, num_steps=None if value in ("all", "full") else (
-            int(value) if value.isdigit() else value))
+def _apply_sampling(pipeline, steps, samplers):
+    """--steps and --sampler: one value for every stage, or one per stage."""
+    settings = [{} for _ in pipeline.stages]
+    for option, key, values in (("--steps", "num_steps", steps), ("--sampler", "sampler", samplers)):
+        if not values:
+            continue
+        if len(values) not in (1, len(pipeline.stages)):
+            raise ValueError(f"{option} takes one value, or one per stage ({len(pipeline.stages)}: "
+                             f"{pipeline.stage_names}). Received: {len(values)} values")
+        for stage_settings, value in zip(settings, values * len(pipeline.stages) if len(values) == 1 else values):
+            stage_settings[key] = _num_steps(value) if key == "num_steps" else value
+    for k, stage_settings in enumerate(settings):
+        if stage_settings:
+            pipeline.set_sampling(k, **stage_settings)
+
+
+def _num_steps(value):
+    return None if value in ("all", "full") else (int(value) if value.isdigit() else value)
 
 
 def _load_pipeline(preset, revision):
@@ -126,7 +135,7 @@ def _cmd_evaluate(args):
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be a positive integer. Received: {args.num_samples}")
     pipeline = _load_pipeline(args.preset, args.revision)
-    _apply_steps(pipeline, args.steps)
+    _apply_sampling(pipeline, args.steps, args.sampler)
     classes = pipeline.stages[0].unet.num_classes
     labels = None if classes is None else np.arange(args.num_samples) % classes
     samples = pipeline.iter_generate(labels=labels, num_images=args.num_samples, seed=args.seed,
@@ -192,7 +201,11 @@ def build_parser():
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--out", required=True, help="the PNG file to write")
     sample.add_argument("--steps", nargs="+", metavar="N",
-                        help='sampling steps: one value for every stage or one per stage ("100", "ddim25", "all")')
+                        help='sampling steps: one value for every stage or one per stage: "100" (evenly spaced), '
+                             '"ddim25", "logsnr20" or "karras20" (spaced by noise level, for DPM-Solver++), "all"')
+    sample.add_argument("--sampler", nargs="+", metavar="NAME",
+                        help='sampler: one for every stage or one per stage: "ancestral", "ddim", "dpm++2m", '
+                             '"dpm++3m" or "dpm++2m-sde" (see docs/sampling.md; default: the preset\'s)')
     sample.add_argument("--batch-size", type=int, default=16, help="images per call of a stage (default 16)")
     sample.add_argument("--columns", type=int, help="images per row of the grid")
     sample.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -214,6 +227,7 @@ def build_parser():
     evaluate.add_argument("--allow-download", action="store_true", help="download Inception-v3 weights if missing")
     evaluate.add_argument("--cas-epochs", type=int, default=20, help="classifier epochs for CAS (default 20)")
     evaluate.add_argument("--steps", nargs="+", metavar="N", help="sampling steps, as for `sample`")
+    evaluate.add_argument("--sampler", nargs="+", metavar="NAME", help="samplers, as for `sample`")
     evaluate.add_argument("--batch-size", type=int, default=16, help="images per call of a stage (default 16)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", help="also write the result to this JSON file")

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 import keras_cdm
-from keras_cdm import cli
+from keras_cdm import CascadedDiffusionPipeline, cli
 from tests.presets_test import tiny_presets  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.backend_neutral
@@ -53,6 +53,12 @@ def test_architecture_prints_summary_and_parameter_count(capsys, tiny_presets): 
          "`labels` must be a non-empty list of integers in [0, 3)"),
         (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.png", "--steps", "2", "3"],
          "--steps takes one value, or one per stage (3: ['base', 'sr16', 'sr32']). Received: 2 values"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.png", "--sampler", "euler"],
+         "`sampler` must be one of ['ancestral', 'ddim', 'dpm++2m', 'dpm++3m', 'dpm++2m-sde']"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.png", "--sampler", "ddim", "ddim"],
+         "--sampler takes one value, or one per stage (3: ['base', 'sr16', 'sr32']). Received: 2 values"),
+        (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.png", "--steps", "karras0"],
+         '`section_counts` "karrasN" takes N in [1, 10]'),
         (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.jpg"], "the path must end in .png"),
         (["sample", "--preset", "tiny_cascade", "--labels", "1", "--out", "x.png", "--batch-size", "0"],
          "`batch_size` must be a positive integer"),
@@ -95,6 +101,18 @@ def test_sample_per_class_writes_one_row_per_class(capsys, tiny_presets, tmp_pat
     assert f"wrote 6 samples (32x32) to {out}" in stdout
     width, height = Image.open(out).size
     assert width == 2 * (64 + 2) + 2 and height == 3 * (64 + 12 + 2) + 2  # 3 classes x 2 columns
+
+
+def test_steps_and_sampler_set_every_stage_or_each_one(tiny_presets):  # noqa: F811
+    args = cli.build_parser().parse_args(["sample", "--preset", "tiny_cascade", "--out", "x.png", "--steps", "logsnr8",
+                                          "karras5", "all", "--sampler", "dpm++2m-sde"])
+    pipeline = CascadedDiffusionPipeline.from_preset("tiny_cascade", load_weights=False)
+    cli._apply_sampling(pipeline, args.steps, args.sampler)
+    assert [(s["sampler"], s["num_steps"]) for s in pipeline.sampling] == [
+        ("dpm++2m-sde", "logsnr8"), ("dpm++2m-sde", "karras5"), ("dpm++2m-sde", None)]
+    cli._apply_sampling(pipeline, None, ["dpm++3m", "ddim", "dpm++2m"])
+    assert [(s["sampler"], s["num_steps"]) for s in pipeline.sampling] == [
+        ("dpm++3m", "logsnr8"), ("ddim", "karras5"), ("dpm++2m", None)]
 
 
 def test_architecture_of_a_cascade_lists_every_stage(capsys, tiny_presets):  # noqa: F811
