@@ -134,11 +134,10 @@ print(f"{len(images)} digits {images.shape[1:]} {images.dtype} in {time.perf_cou
 save_image_grid(images, "getting_started_grid.png", labels=labels, columns=per_class)
 
 """
-Most digits read as the digit of their row, in varied styles; a few are misshapen (a
-classifier trained on real digits recognises 96 % of this cascade's samples as their requested
-digit, `docs/cdm_mnist32.md`). The grain of noise on the black background is the known
-weakness of this small cascade: it comes from its last stage, the least trained one, not from
-the sampler. Fast mode, with 10 steps per stage, makes it stronger.
+Most digits read as the digit of their row, in varied styles, on the black background of
+real digits; a few are misshapen (classifiers trained on real digits recognise 96-97 % of this
+cascade's samples as their requested digit, `docs/cdm_mnist32.md`). Fast mode, with 10 steps
+per stage, leaves some grain on the background.
 
 ## One sample through every stage
 
