@@ -99,6 +99,13 @@ class SamplingPlan:
                 f"{sorted(near.tolist())}. Received: augmentation_level={level}"
             )
         stop_step = int(np.flatnonzero(kept == level - 1)[0])
+        if stop_step == len(kept) - 1:
+            raise ValueError(
+                f"Truncated augmentation at s={level} would stop stage {previous_name!r} at the first step it "
+                f"visits (z_s would be its initial noise, no step run). Use s < {level} (levels it visits: "
+                f"{sorted((kept[:-1] + 1).tolist())[-3:]} and below) or truncated=False. "
+                f"Received: augmentation_level={level}"
+            )
         return self if self.stop_step == stop_step else dataclasses.replace(self, stop_step=stop_step)
 
 

@@ -247,8 +247,9 @@ def part_mismatch(ctx):
     base["real held-out"] = {"fid_8x8": fid(ctx.reference("train", 8),
                                             compute_statistics(real8, ClassifierFeatures(ctx.classifier(8)))),
                              "near_black_8x8": pixel_statistics(real8)["near_black"]}
-    # s = 0 and every s whose z_s the few-step base visits (s - 1 on its grid), so both modes can run
-    maximum = pipeline.stages[1].augmentation.max_sampling_level
+    # s = 0 and every s of the training range whose z_s the few-step base visits (s - 1 on its
+    # grid), so both modes can run
+    maximum = pipeline.stages[1].augmentation.max_level
     levels = [0] + [int(t) + 1 for t in pipeline.plans[0].process.timestep_map if int(t) + 1 <= maximum]
     result = search_augmentation_level(pipeline, 1, levels, ctx.evaluate(16), labels, seed=ctx.args.seed,
                                        batch_size=250, plot_path=ctx.out / "table3a_mismatch.png")

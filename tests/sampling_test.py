@@ -100,6 +100,12 @@ def test_truncation_links_the_previous_plan(cascade):
                                              "base").stop_step is None
     with pytest.raises(ValueError, match="needs stage 'base' to visit step s"):
         base.sampling_plan(num_steps=2).stopping_for(following, "sr16", "base")
+    # s - 1 = 9 is the first step of the 10-step base: stopping there would run no step at all
+    highest = cascade.stages[1].sampling_plan(augmentation_level=10, truncated=True)
+    with pytest.raises(ValueError, match=r"s=10 would stop stage 'base' at the first step it visits.*Use s < 10"):
+        base.sampling_plan().stopping_for(highest, "sr16", "base")
+    assert base.sampling_plan().stopping_for(dataclasses.replace(highest, augmentation_level=9), "sr16",
+                                             "base").stop_step == 8
     with pytest.raises(ValueError, match=r"needs stage 'sr16' to use the augmentation's process"):
         cascade.stages[1].sampling_plan(num_steps=3, augmentation_level=0).stopping_for(
             dataclasses.replace(following, truncation_process=GaussianDiffusion(40, "linear")), "x", "sr16")
