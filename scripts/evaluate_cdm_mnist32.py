@@ -23,7 +23,7 @@ Parts (each merges its numbers into <out>/results.json and prints a Markdown tab
   steps     the 16->32 stage sampled with 4, 10, 25 and 100 steps (Figure 8): for each
             count the best linear inference schedule of a small grid
   mismatch  Table 3a with a real train/test mismatch: the base stage sampled with few
-            steps (--mismatch-base-steps), the 8->16 stage swept over s in both modes
+            steps (--mismatch-base-steps, e.g. ddim5), the 8->16 stage swept over s in both modes
   pictures  the 10x10 grid, one seed through every stage, and stage vs bicubic resize
 """
 
@@ -252,8 +252,8 @@ def part_mismatch(ctx):
     maximum = pipeline.stages[1].augmentation.max_level
     levels = [0] + [int(t) + 1 for t in pipeline.plans[0].process.timestep_map if int(t) + 1 <= maximum]
     result = search_augmentation_level(pipeline, 1, levels, ctx.evaluate(16), labels, seed=ctx.args.seed,
-                                       batch_size=250, plot_path=ctx.out / "table3a_mismatch.png")
-    ctx.save({"mismatch": {"samples": n, "base_num_steps": steps, "base": base, "rows": result.rows}})
+                                       batch_size=250, plot_path=ctx.out / f"table3a_mismatch_{steps}.png")
+    ctx.save({f"mismatch_{steps}": {"samples": n, "base_num_steps": steps, "base": base, "rows": result.rows}})
     print("\n| base stage sampling | FID at 8x8 (vs training digits) | near-black |\n| --- | ---: | ---: |")
     for name, row in base.items():
         print(f"| {name} | {row['fid_8x8']:.2f} | {100 * row['near_black_8x8']:.1f} % |")
