@@ -305,7 +305,7 @@ def part_pictures(ctx):
     images, steps = ctx.pipeline.generate(labels=labels, seed=ctx.args.seed, batch_size=100,
                                           return_intermediates=True, verbose=False)
     save_image_grid(images, ctx.out / "grid.png", labels=labels, columns=10)
-    stages = [keras.ops.convert_to_numpy(keras.ops.image.resize(steps[name][:10].astype("float32"), (32, 32),
+    stages = [keras.ops.convert_to_numpy(keras.ops.image.resize(steps[name][::10].astype("float32"), (32, 32),
                                                                  interpolation="nearest"))
               for name in ctx.pipeline.stage_names]
     path = save_image_grid(np.concatenate(stages).astype("uint8"), ctx.out / "stages.png", columns=10)
