@@ -109,7 +109,8 @@ def baseline_comparison(pipeline, evaluate, labels, real_images, seed=0, interpo
         resized = keras.ops.convert_to_numpy(keras.ops.image.resize(previous, (size, size),
                                                                      interpolation=interpolation))
         score = evaluate[names[k]] if isinstance(evaluate, dict) else evaluate
-        histograms[names[k]] = {"real": pixel_statistics(real, bins)["histogram"]}
+        real_statistics = pixel_statistics(real, bins)
+        histograms[names[k]] = {"real": real_statistics["histogram"]}
         for kind, images in (("stage", outputs), (interpolation, resized)):
             images = to_uint8(images)
             statistics = pixel_statistics(images, bins)
@@ -118,7 +119,7 @@ def baseline_comparison(pipeline, evaluate, labels, real_images, seed=0, interpo
                          "near_black": statistics["near_black"],
                          "histogram_distance": histogram_distance(images, real, bins)})
         if verbose:
-            print(f"{names[k]}: real images have near_black={pixel_statistics(real, bins)['near_black']:.4g}")
+            print(f"{names[k]}: real images have near_black={real_statistics['near_black']:.4g}")
     result = SearchResult(f"Stages vs a {interpolation} resize of their inputs ({len(labels)} samples)",
                           ["stage", "images"], rows, metric, True)
     _finish(result, verbose, plot_path, x="images", group="stage")
