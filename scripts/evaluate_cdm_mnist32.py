@@ -24,6 +24,10 @@ Parts (each merges its numbers into <out>/results.json and prints a Markdown tab
             count the best linear inference schedule of a small grid
   mismatch  Table 3a with a real train/test mismatch: the base stage sampled with few
             steps (--mismatch-base-steps, e.g. ddim5), the 8->16 stage swept over s in both modes
+  budget    the step-budget search (keras_cdm.step_budget): FID-vs-NFE curves of every stage
+            for ancestral, DDIM and DPM-Solver++ samplers, then the best splits of --budget
+            network evaluations per image sampled end to end, next to the preset's settings;
+            judged by domain FID, the pixel histogram and the pixel classifier's recognition
   pictures  the 10x10 grid, one seed through every stage, and stage vs bicubic resize
 """
 
@@ -39,12 +43,13 @@ from keras_cdm import CascadedDiffusionPipeline, DiffusionModel, save_image_grid
 from keras_cdm.data import mnist_subset, resize_images
 from keras_cdm.images import from_uint8
 from keras_cdm.evaluation import (ClassifierFeatures, classification_accuracy_score, compute_statistics,
-                                  default_cas_classifier, fid, pixel_classifier, pixel_statistics,
-                                  recognition_accuracy)
+                                  default_cas_classifier, fid, histogram_distance, pixel_classifier,
+                                  pixel_statistics, recognition_accuracy)
+from keras_cdm.step_budget import search_step_budget
 from keras_cdm.search import (baseline_comparison, sample_quality, search_augmentation_level, search_noise_schedule,
                               stage_beats_baseline)
 
-PARTS = ("quality", "baseline", "recognition", "table3", "mismatch", "blur", "steps", "pictures")
+PARTS = ("quality", "baseline", "recognition", "table3", "mismatch", "blur", "steps", "budget", "pictures")
 LEVELS = (0, 41, 101, 201, 301, 481)  # s - 1 on the base stage's ddim50 grid (stride 20), so truncation works
 CLASSIFIERS = {"cnn": default_cas_classifier, "pixel": pixel_classifier}
 # candidate linear inference schedules (beta from 1e-4 to beta_end, posterior variances) per number of steps
@@ -300,6 +305,42 @@ def part_steps(ctx):
         print(f"| {row['steps']} | {row['best']['beta_end']} | {row['best']['fid']:.3f} |")
 
 
+def part_budget(ctx):
+    labels, steps = ctx.samples()
+    n, names = ctx.args.budget_samples, ctx.pipeline.stage_names
+    labels = labels[:n]
+    sizes = {name: stage.unet.image_size for name, stage in zip(names, ctx.pipeline.stages)}
+
+    def judge(size):
+        fid_of, real = ctx.evaluate(size), real_digits("train", size)[0]
+        pixel = ctx.classifier(size, "pixel")
+
+        def evaluate(images):
+            return {**fid_of(images), "near_black": pixel_statistics(images)["near_black"],
+                    "histogram_tv": histogram_distance(images, real),
+                    "recognition": recognition_accuracy(pixel, images, labels, 10)["top1"]}
+
+        return evaluate
+
+    pipeline = CascadedDiffusionPipeline(ctx.pipeline.stages, ctx.pipeline.sampling)
+    start = time.time()
+    result = search_step_budget(pipeline, ctx.args.budget, {name: judge(sizes[name]) for name in names}, labels,
+                                seed=ctx.args.seed, step_counts=tuple(ctx.args.budget_step_counts),
+                                max_cascades=ctx.args.budget_cascades,
+                                intermediates={name: steps[name][:n] for name in names}, batch_size=250,
+                                plot_path=ctx.out / f"step_budget_{ctx.args.budget}.png")
+    ctx.save({f"budget_{ctx.args.budget}": {
+        "samples": n, "seconds": round(time.time() - start, 1), "reference": result.reference,
+        "stages": {name: r.rows for name, r in result.stages.items()}, "cascades": result.cascades.rows,
+        "best": result.best, "best_settings": result.best_settings,
+        "skipped": {name: [[c, why] for c, why in s] for name, s in result.skipped.items()}}})
+    print(f"\n| split ({' / '.join(names)}) | NFE | FID (32x32) | recognition | near-black | histogram TV |"
+          "\n| --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in [result.reference] + result.cascades.rows:
+        print(f"| {' / '.join(row[name] for name in names)} | {row['nfe']} | {row['fid']:.2f} | "
+              f"{100 * row['recognition']:.1f} % | {100 * row['near_black']:.1f} % | {row['histogram_tv']:.4f} |")
+
+
 def part_pictures(ctx):
     labels = np.repeat(np.arange(10), 10)
     images, steps = ctx.pipeline.generate(labels=labels, seed=ctx.args.seed, batch_size=100,
@@ -334,6 +375,10 @@ def main(argv=None):
     parser.add_argument("--steps-samples", type=int, default=500)
     parser.add_argument("--mismatch-base-steps", default="ddim10",
                         help="the base stage's few-step sampling of the mismatch part (its grid must hold s - 1)")
+    parser.add_argument("--budget", type=int, default=40, help="network evaluations per image (budget part)")
+    parser.add_argument("--budget-samples", type=int, default=5000)
+    parser.add_argument("--budget-step-counts", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--budget-cascades", type=int, default=4, help="splits sampled end to end")
     args = parser.parse_args(argv)
     ctx = Context(args)
     for part in args.only:
