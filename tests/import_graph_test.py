@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keras_cdm"
 ORDER = [
     "version", "_validation", "images", "seeding", "schedules", "losses", "layers", "unet", "solvers", "diffusion",
     "conditioning", "sampling", "_compile", "ema", "_files", "_hub", "presets", "diffusion_model", "pipeline",
-    "visualization", "callbacks", "data", "evaluation", "search", "cli", "__main__",
+    "visualization", "callbacks", "data", "evaluation", "search", "step_budget", "cli", "__main__",
     "testing", "testing.golden", "testing.hub_server",
 ]
 
