@@ -4,6 +4,7 @@ Every public entry point checks its inputs once, with these checkers; the code
 below an entry point trusts what it is handed.
 """
 
+import difflib
 import inspect
 import math
 import numbers
@@ -67,6 +68,11 @@ def check_config(cls, config, extra=("name", "trainable")):
         raise ValueError(f"The config of a {cls.__name__} takes the keys {sorted(allowed)}: {problem}. "
                          f"Received: config keys {shown(sorted(config, key=str))}")
     return config
+
+
+def has_control_characters(text):
+    """Whether `text` holds a control character (a NUL, a newline, an escape, ...)."""
+    return bool(_CONTROL.search(text))
 
 
 def is_name(value, limit=None):
@@ -138,9 +144,67 @@ def check_generator_seed(seed, name="seed"):
 
 
 def check_bool(name, value):
+    """True or False (a numpy bool too): never a truthy string, number or None."""
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"`{name}` must be True or False. Received: {name}={shown(value)}")
     return bool(value)
+
+
+def check_verbose(value, name="verbose"):
+    """A progress-bar setting: True, False or "auto"."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f'`{name}` must be True, False or "auto". Received: {name}={shown(value)}')
+    return bool(value)
+
+
+def check_keyword_arguments(cls, kwargs, allowed=("name", "trainable")):
+    """The `**kwargs` a constructor forwards to Keras hold only `allowed` (Keras' own
+    arguments that the class keeps): a misspelt argument (`num_clases=10`) is an error,
+    not silently dropped, as Keras' functional models do."""
+    unknown = sorted(set(kwargs) - set(allowed), key=str)
+    if not unknown:
+        return kwargs
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    own = [p.name for p in list(inspect.signature(cls.__init__).parameters.values())[1:] if p.kind in kinds]
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), own + list(allowed), n=1)
+        if close:
+            hints.append(f"{key!r}: did you mean {close[0]!r}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    received = ", ".join(f"{key}={shown(kwargs[key], 60)}" for key in unknown)
+    raise ValueError(f"Unrecognized keyword arguments passed to {cls.__name__}: {unknown}{hint}. It takes "
+                     f"{own} and Keras' {list(allowed)}. Received: {received}")
+
+
+def check_eta(eta, name="eta"):
+    """The DDIM noise scale: a finite number in [0, 1]. eta = 0 is deterministic DDIM, eta = 1
+    the ancestral (DDPM) variance (Song et al. 2021, eq. 16); beyond 1 the step's
+    sqrt(1 - alpha_bar_prev - sigma^2) is the square root of a negative number (NaN)."""
+    return check_finite(name, eta, 0.0, 1.0)
+
+
+def check_num_steps(value, name="num_steps"):
+    """A respacing request (`GaussianDiffusion.respace`): None (all steps), a positive
+    integer, a non-empty string ("100", "ddim50", "10,15,20", "logsnr20", "karras20",
+    whose form and size the process checks) or a non-empty list of positive integers."""
+    allowed = (f'`{name}` must be None, a positive integer, a string such as "100", "ddim50", "logsnr20" or '
+               '"karras20", or a non-empty list of positive integers')
+    if value is None:
+        return None
+    if is_int(value):
+        if value < 1:
+            raise ValueError(f"{allowed}. Received: {name}={shown(value)}")
+        return int(value)
+    if isinstance(value, str):
+        if not value.strip() or _CONTROL.search(value) or len(value) > 10_000:
+            raise ValueError(f"{allowed}. Received: {name}={shown(value)}")
+        return value
+    if isinstance(value, (list, tuple)) and value and all(is_int(v) and v >= 1 for v in value):
+        return [int(v) for v in value]
+    raise ValueError(f"{allowed}. Received: {name}={shown(value)}")
 
 
 def check_range(name, value, low, high, high_inclusive=True):
@@ -179,10 +243,13 @@ def _same_choice(value, option):
 
 
 def check_int_tuple(name, value, allow_empty=False):
-    """A non-empty tuple (or list) of positive integers."""
-    try:
+    """A non-empty tuple (or list, range, 1-D numpy array) of positive integers: not a
+    string, a set, a dict or an iterator (`""` is no empty tuple)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        items = tuple(value.tolist())
+    elif isinstance(value, (list, tuple, range)):
         items = tuple(value)
-    except TypeError:
+    else:
         items = None
     if items is None or (not items and not allow_empty) or not all(is_int(v) and v > 0 for v in items):
         raise ValueError(
@@ -194,8 +261,11 @@ def check_int_tuple(name, value, allow_empty=False):
 
 def check_labels(labels, num_classes, name="labels"):
     """Class labels, shape (N,) or (N, 1), integers in [0, num_classes): an int32 (N,) array."""
-    values = np.asarray(labels)
     allowed = f"`{name}` must be a non-empty list of integers in [0, {num_classes})"
+    try:
+        values = np.asarray(labels)
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # ragged lists, GPU tensors, ...
+        raise ValueError(f"{allowed}. Received: {name}={shown(labels)}") from None
     if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1) or not values.size:
         raise ValueError(f"{allowed}, of shape (N,) or (N, 1). Received: {name} of shape {values.shape}")
     values = values.reshape(-1)
@@ -241,6 +311,30 @@ def check_finite_array(name, array, allowed):
         raise ValueError(f"`{name}` must be {allowed}. Received: {bad} NaN or infinite values "
                          f"(of {array.size}) in {name}")
     return array
+
+
+def with_static_shape(name, tensor, shape, expected, where=""):
+    """A TensorFlow graph tensor (a tf.data batch) whose static shape is partly unknown (a
+    `filter`, a generator with None shapes) gets `shape` (None: any size), checked at run
+    time when the batch arrives, with a message naming `name` and `expected` (e.g.
+    "(batch, 8, 8, 3)"). A tensor whose shape is known where `shape` is comes back as it is
+    (its static shape is checked where it is built)."""
+    import tensorflow as tf
+
+    static = tf.TensorShape(tensor.shape)
+    if static.rank == len(shape) and all(want is None or got is not None
+                                         for got, want in zip(static.as_list(), shape)):
+        return tensor
+    actual = tf.shape(tensor)
+    padded = tf.concat([actual, tf.zeros([len(shape)], actual.dtype)], 0)[:len(shape)]  # any rank compares
+    ok = tf.equal(tf.size(actual), len(shape))
+    for i, want in enumerate(shape):
+        if want is not None:
+            ok = tf.logical_and(ok, tf.equal(padded[i], want))
+    check = tf.debugging.Assert(ok, [f"`{name}` must have shape {expected}{where}. Received: {name}.shape=",
+                                     actual], summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(tensor, shape)
 
 
 def check_positive_number(name, value):

@@ -14,7 +14,7 @@ import types
 
 import numpy as np
 
-from keras_cdm._validation import check_bool, check_choice, check_non_negative, is_int
+from keras_cdm._validation import check_bool, check_choice, check_eta, check_num_steps, is_int, shown
 from keras_cdm.diffusion import SAMPLERS, GaussianDiffusion
 
 SAMPLING_DEFAULTS = {
@@ -126,8 +126,8 @@ def check_augmentation_settings(augmentation, level, truncated, stage_name):
                          f"Received: augmentation_level={level!r}")
     truncated = check_bool("truncated", truncated)
     if truncated and not (augmentation is not None and augmentation.supports_truncation):
-        raise ValueError(f"Stage {stage_name!r}: `truncated=True` needs a Gaussian-augmented upsampler after "
-                         f"another stage. Received: truncated={truncated!r}")
+        raise ValueError(f"Stage {stage_name!r}: `truncated` must be False: `truncated=True` needs a "
+                         f"Gaussian-augmented upsampler after another stage. Received: truncated={truncated!r}")
     return int(level), truncated
 
 
@@ -137,12 +137,11 @@ def make_plan(diffusion, augmentation, settings, stage_name):
     given = {**SAMPLING_DEFAULTS, **check_settings(settings)}
     level, truncated = check_augmentation_settings(augmentation, given["augmentation_level"], given["truncated"],
                                                    stage_name)
-    num_steps = given["num_steps"]
     return SamplingPlan(
         training_process=diffusion,
         sampler=check_choice("sampler", given["sampler"], SAMPLERS),
-        num_steps=int(num_steps) if is_int(num_steps) else num_steps,
-        eta=check_non_negative("eta", given["eta"]),
+        num_steps=check_num_steps(given["num_steps"]),
+        eta=check_eta(given["eta"]),
         clip_denoised=check_bool("clip_denoised", given["clip_denoised"]),
         augmentation_level=level,
         truncated=truncated,
@@ -159,7 +158,11 @@ def inference_process(diffusion, num_steps=None, noise_schedule=None):
         diffusion = GaussianDiffusion(**{**diffusion.get_config(), "section_counts": None, "beta_start": None,
                                          "beta_end": None, **noise_schedule})
     if num_steps is not None:
-        diffusion = diffusion.respace(num_steps)
+        try:
+            diffusion = diffusion.respace(num_steps)
+        except ValueError as error:  # the request does not fit this process: name the setting
+            raise ValueError(f"`num_steps` must select steps of the stage's {diffusion.num_timesteps}-step "
+                             f"process ({error}). Received: num_steps={shown(num_steps)}") from None
     return diffusion
 
 

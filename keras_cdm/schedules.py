@@ -81,7 +81,7 @@ def space_timesteps(num_timesteps, section_counts):
         if desired == num_timesteps == 1:
             return {0}
         raise ValueError(
-            f"Cannot take exactly {desired} of {num_timesteps} steps with an integer stride. "
+            f"`section_counts`: Cannot take exactly {desired} of {num_timesteps} steps with an integer stride. "
             f"Received: section_counts={section_counts!r}"
         )
     counts = _parse_sections(section_counts)
@@ -91,7 +91,7 @@ def space_timesteps(num_timesteps, section_counts):
         size = size_per + (1 if i < extra else 0)
         if size < count:
             raise ValueError(
-                f"Cannot take {count} steps from a section of {size} steps "
+                f"`section_counts`: Cannot take {count} steps from a section of {size} steps "
                 f"({num_timesteps} steps in {len(counts)} sections). Received: section_counts={section_counts!r}"
             )
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
@@ -169,6 +169,7 @@ def _parse_sections(section_counts):
     if is_int(section_counts):
         return [_parse_count(str(section_counts), section_counts)]
     try:
-        return [_parse_count(part, section_counts) for part in section_counts]
+        counts = [_parse_count(part, section_counts) for part in section_counts]
     except TypeError:
-        return [_parse_count("", section_counts)]
+        counts = []
+    return counts or [_parse_count("", section_counts)]  # an empty list takes no step: refused
