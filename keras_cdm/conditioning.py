@@ -28,6 +28,7 @@ from keras_cdm._validation import (
     check_positive_int,
     check_range,
     check_size,
+    is_int,
     shown,
 )
 from keras_cdm.diffusion import GaussianDiffusion
@@ -98,9 +99,10 @@ class GaussianConditioningAugmentation(ConditioningAugmentation):
     def __init__(self, max_level, num_timesteps=4000, schedule="cosine", seed=None, **kwargs):
         super().__init__(**kwargs)
         self.num_timesteps = check_positive_int("num_timesteps", num_timesteps)
-        self.max_level = int(check_range("max_level", max_level, 0, self.num_timesteps))
-        if self.max_level != max_level:
-            raise ValueError(f"`max_level` must be an integer. Received: max_level={max_level!r}")
+        if not is_int(max_level) or not 0 <= max_level <= self.num_timesteps:
+            raise ValueError(f"`max_level` must be an integer in [0, {self.num_timesteps}] (`num_timesteps`). "
+                             f"Received: max_level={shown(max_level)}")
+        self.max_level = int(max_level)
         self.schedule = schedule
         self.seed = check_generator_seed(seed)
         self.diffusion = GaussianDiffusion(self.num_timesteps, schedule)

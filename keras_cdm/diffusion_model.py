@@ -18,18 +18,27 @@ from keras import ops
 from keras_cdm import presets
 from keras_cdm._compile import compile_with_model
 from keras_cdm._validation import (
+    as_array,
     check_bool,
     check_choice,
     check_config,
+    check_finite,
+    check_finite_array,
     check_generator_seed,
     check_image_shape,
+    check_keyword_arguments,
     check_labels,
     check_positive_int,
+    check_positive_number,
+    check_verbose,
+    is_int,
+    shown,
+    with_static_shape,
 )
 from keras_cdm.conditioning import ConditioningAugmentation
 from keras_cdm.diffusion import GaussianDiffusion
 from keras_cdm.ema import Adam
-from keras_cdm.images import INTERPOLATIONS
+from keras_cdm.images import INTERPOLATIONS, from_uint8
 from keras_cdm.sampling import SamplingPlan, make_plan
 from keras_cdm.seeding import per_example_seeds
 from keras_cdm.solvers import initial_state, state_sample
@@ -69,7 +78,7 @@ class DiffusionModel(keras.Model):
 
     def __init__(self, unet, diffusion, augmentation=None, random_flip=False,
                  low_res_interpolation="bicubic", seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**check_keyword_arguments(DiffusionModel, kwargs))
         self.unet = _deserialize(unet, DiffusionUNet, "unet")
         self.diffusion = _deserialize(diffusion, GaussianDiffusion, "diffusion")
         self.augmentation = None if augmentation is None else _deserialize(
@@ -98,6 +107,10 @@ class DiffusionModel(keras.Model):
         default. The EMA warms up (`ema_warmup`: momentum min(m, (1 + k) / (10 + k)) at step
         k, see `keras_cdm.ema`) so that a short run or fine-tuning is not averaged with the
         weights it started from. A given `optimizer` is used as it is."""
+        if not callable(learning_rate):  # a number, or a schedule (keras.optimizers.schedules)
+            learning_rate = check_positive_number("learning_rate", learning_rate)
+        use_ema, ema_warmup = check_bool("use_ema", use_ema), check_bool("ema_warmup", ema_warmup)
+        ema_momentum = check_finite("ema_momentum", ema_momentum, 0.0, 1.0)
         if optimizer is None:
             optimizer = Adam(learning_rate, use_ema=use_ema, ema_momentum=ema_momentum, ema_warmup=ema_warmup)
         super().compile(optimizer=optimizer, **kwargs)
@@ -245,8 +258,10 @@ class DiffusionModel(keras.Model):
             seed: integer seed; the same seed gives the same images (None: a
                 random one). Image i is drawn from `example_seeds(seed, [i])`;
                 a sequence of such per-example seeds is accepted too.
-            low_res_images: the conditioning of a super-resolution stage, in
-                [-1, 1], at the stage's `low_res_size`.
+            low_res_images: the conditioning of a super-resolution stage, at the
+                stage's `low_res_size`: uint8 (or integer) images in [0, 255], or
+                floats in [-1, 1]; with `truncated=True` they are z_s (a previous
+                stage's sample stopped at s), finite floats of any range.
             plan: a `SamplingPlan` of this stage (`sampling_plan(...)`), or None
                 to make one from `settings`.
             stop_step: stop the reverse process early and return the sample at
@@ -261,8 +276,8 @@ class DiffusionModel(keras.Model):
         plan = self.sampling_plan(**settings) if plan is None else _check_plan(self, plan)
         if stop_step is not None:
             plan = dataclasses.replace(plan, stop_step=stop_step)
-        labels, batch = self._check_generate_args(labels, num_images, low_res_images)
-        low_res = None if low_res_images is None else np.asarray(low_res_images, "float32")
+        labels, batch, low_res = self._check_generate_args(labels, num_images, low_res_images, plan.truncated)
+        use_ema, verbose = check_bool("use_ema", use_ema), check_verbose(verbose)
         return self.run_plan(plan, labels, per_example_seeds(seed, batch), low_res, use_ema, verbose)
 
     def run_plan(self, plan, labels, seeds, low_res_images=None, use_ema=True, verbose=False):
@@ -312,12 +327,15 @@ class DiffusionModel(keras.Model):
             return {"low_res_images": ops.convert_to_tensor(low_res_images, "float32")}
         return self.augmentation.sampling_inputs(low_res_images, plan.augmentation_level, seeds, plan.truncated)
 
-    def _check_generate_args(self, labels, num_images, low_res_images):
+    def _check_generate_args(self, labels, num_images, low_res_images, truncated):
+        """(labels, batch, low_res): int32 labels or None, the number of images, and the
+        low-resolution images as float32 in [-1, 1] (or finite z_s when `truncated`) or None."""
         if self.unet.num_classes is not None:
             if labels is None:
                 raise ValueError("This stage is class-conditional: pass `labels`. Received: labels=None")
             labels = check_labels(labels, self.unet.num_classes)
             batch = len(labels)
+            check_num_images_with_labels(num_images, batch)
         else:
             if labels is not None:
                 raise ValueError(f"This stage is unconditional: do not pass `labels`. Received: labels={labels!r}")
@@ -329,10 +347,13 @@ class DiffusionModel(keras.Model):
                 f"Received: low_res_images={'given' if low_res_images is not None else None}, "
                 f"low_res_size={self.unet.low_res_size}"
             )
+        low_res = None
         if low_res_images is not None:
-            check_image_shape("low_res_images", np.shape(low_res_images), self.unet.low_res_size,
+            low_res_images = as_array("low_res_images", low_res_images, LOW_RES_VALUES)
+            check_image_shape("low_res_images", low_res_images.shape, self.unet.low_res_size,
                               self.unet.image_channels, batch)
-        return labels, int(batch)
+            low_res = low_res_input(low_res_images, truncated)
+        return labels, int(batch), low_res
 
     @contextlib.contextmanager
     def ema_weights(self, use_ema=True):
@@ -342,7 +363,7 @@ class DiffusionModel(keras.Model):
         the training weights come back when the block exits.
         """
         optimizer = getattr(self, "optimizer", None)
-        if not use_ema or optimizer is None or not optimizer.use_ema or not optimizer.built:
+        if not check_bool("use_ema", use_ema) or optimizer is None or not optimizer.use_ema or not optimizer.built:
             yield
             return
         variables = self.trainable_variables
@@ -513,19 +534,31 @@ def _with_static_shape(images, shape):
     the batch arrives); other backends trace with concrete shapes."""
     if keras.backend.backend() != "tensorflow":
         return images
-    import tensorflow as tf
-
-    static = tf.TensorShape(images.shape)
-    if static.rank == 4 and None not in static.as_list()[1:]:
-        return images
-    actual = tf.shape(images)
-    padded = tf.concat([actual, tf.zeros([4], actual.dtype)], 0)[1:4]  # any rank compares
-    ok = tf.logical_and(tf.equal(tf.size(actual), 4), tf.reduce_all(tf.equal(padded, shape[1:])))
     expected = f"(batch, {', '.join(map(str, shape[1:]))})"
-    check = tf.debugging.Assert(ok, [f"`images` must have shape {expected} for this stage. Received: images.shape=",
-                                     actual], summarize=8)
-    with tf.control_dependencies([check]):
-        return tf.ensure_shape(images, shape)
+    return with_static_shape("images", images, shape, expected, where=" for this stage")
+
+
+def check_num_images_with_labels(num_images, count):
+    """`num_images` next to `labels` (a class-conditional request): None, or their number."""
+    if num_images is not None and not (is_int(num_images) and num_images == count):
+        raise ValueError(f"`num_images` must be None for a class-conditional model: `labels` give the number of "
+                         f"images ({count}). Received: num_images={shown(num_images)}")
+
+
+LOW_RES_VALUES = "integers in [0, 255], or floats in [-1, 1] (finite z_s of any range with truncated=True)"
+
+
+def low_res_input(images, truncated=False):
+    """The low-resolution images of a request as float32: integers in [0, 255] (uint8) are
+    mapped to [-1, 1]; floats must be in [-1, 1] (`from_uint8`'s check: no NaN, no
+    infinity, no [0, 255] floats taken for [-1, 1] ones), except with `truncated`, where
+    they are z_s, a noisy sample of any (finite) range."""
+    if not truncated:
+        return from_uint8(images, name="low_res_images")
+    array = as_array("low_res_images", images, LOW_RES_VALUES)
+    if array.dtype.kind in "iub":
+        return from_uint8(array, name="low_res_images")
+    return check_finite_array("low_res_images", array.astype("float32"), "finite (z_s with truncated=True)")
 
 
 def _scale_for_replicas(loss):

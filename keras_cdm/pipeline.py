@@ -17,8 +17,20 @@ import keras
 import numpy as np
 
 from keras_cdm import presets
-from keras_cdm._validation import check_image_shape, check_int, check_labels, check_positive_int, is_int
-from keras_cdm.diffusion_model import DiffusionModel
+from keras_cdm._validation import (
+    as_array,
+    check_bool,
+    check_choice,
+    check_image_shape,
+    check_int,
+    check_labels,
+    check_positive_int,
+    check_text,
+    check_verbose,
+    is_int,
+    shown,
+)
+from keras_cdm.diffusion_model import DiffusionModel, check_num_images_with_labels
 from keras_cdm.images import from_uint8, to_uint8
 from keras_cdm.sampling import check_settings
 from keras_cdm.seeding import check_seed, example_seeds
@@ -48,19 +60,10 @@ class CascadedDiffusionPipeline:
     """
 
     def __init__(self, stages, sampling=None, description=None):
-        self.stages = list(stages)
-        _check_stages(self.stages)
-        self.description = description
+        self.stages = _check_stages(stages)
+        self.description = check_text("description", description, 1000, allow_none=True)
         self.last_timings = {}  # stage name -> seconds, of the last `generate`
-        given = sampling or []
-        if isinstance(given, dict):
-            unknown = set(given) - set(self.stage_names)
-            if unknown:
-                raise ValueError(f"Unknown stages {sorted(unknown)} in `sampling`; stages: {self.stage_names}.")
-            given = [given.get(name, {}) for name in self.stage_names]
-        if len(given) not in (0, len(self.stages)):
-            raise ValueError(f"`sampling` needs one dict per stage ({len(self.stages)}). Received: {len(given)}")
-        given = given or [{} for _ in self.stages]
+        given = _check_sampling(sampling, self.stage_names)
         self._plans = self._link([stage.sampling_plan(**check_settings(settings))
                                   for stage, settings in zip(self.stages, given)])
 
@@ -78,14 +81,14 @@ class CascadedDiffusionPipeline:
         """The sampling settings of every stage (fresh dicts; change them with `set_sampling`)."""
         return [plan.settings for plan in self._plans]
 
-    def stage_index(self, stage):
-        """The index of a stage given by index or name."""
+    def stage_index(self, stage, name="stage"):
+        """The index of a stage given by index or name (`name`: the argument, for errors)."""
         if isinstance(stage, str) and stage in self.stage_names:
             return self.stage_names.index(stage)
         if is_int(stage) and 0 <= stage < len(self.stages):
             return int(stage)
-        raise ValueError(f"`stage` must be a stage name in {self.stage_names} or an index in "
-                         f"[0, {len(self.stages)}). Received: stage={stage!r}")
+        raise ValueError(f"`{name}` must be a stage name in {self.stage_names} or an index in "
+                         f"[0, {len(self.stages)}). Received: {name}={shown(stage)}")
 
     def set_sampling(self, stage, **settings):
         """Changes the sampling settings of one stage (by index or name), e.g.
@@ -138,9 +141,11 @@ class CascadedDiffusionPipeline:
 
         `last_timings` then holds the seconds each stage took.
         """
-        request = self._check_request(labels, num_images, start_stage, low_res_images, seed, batch_size, output)
+        request = self._check_request(labels, num_images, start_stage, low_res_images, seed, batch_size, output,
+                                      use_ema, verbose)
         first_example = check_int("first_example", first_example, 0)
-        return self._generate(request, first_example, return_intermediates, use_ema, verbose)
+        return_intermediates = check_bool("return_intermediates", return_intermediates)
+        return self._generate(request, first_example, return_intermediates, request["use_ema"], request["verbose"])
 
     def iter_generate(self, labels=None, seed=0, chunk_size=256, num_images=None, start_stage=0, low_res_images=None,
                       batch_size=16, output="uint8", use_ema=True, verbose="auto"):
@@ -148,7 +153,9 @@ class CascadedDiffusionPipeline:
         images), so that e.g. 50,000 samples can be scored without holding them all.
         The whole request is checked when this is called, before any chunk is sampled."""
         chunk_size = check_positive_int("chunk_size", chunk_size)
-        request = self._check_request(labels, num_images, start_stage, low_res_images, seed, batch_size, output)
+        request = self._check_request(labels, num_images, start_stage, low_res_images, seed, batch_size, output,
+                                      use_ema, verbose)
+        use_ema, verbose = request["use_ema"], request["verbose"]
 
         def chunks():
             for begin in range(0, request["count"], chunk_size):
@@ -193,18 +200,18 @@ class CascadedDiffusionPipeline:
                 progress.update(index[-1] + 1)
         return np.concatenate(outputs)
 
-    def _check_request(self, labels, num_images, start_stage, low_res_images, seed, batch_size, output):
+    def _check_request(self, labels, num_images, start_stage, low_res_images, seed, batch_size, output, use_ema,
+                       verbose):
         """Checks a sampling request once, before any compute; returns it normalized."""
-        start = self.stage_index(start_stage)
-        convert = {"uint8": to_uint8, "float": lambda x: x}.get(output)
-        if convert is None:
-            raise ValueError(f"`output` must be one of ['uint8', 'float']. Received: output={output!r}")
+        start = self.stage_index(start_stage, "start_stage")
+        convert = {"uint8": to_uint8, "float": lambda x: x}[check_choice("output", output, ("uint8", "float"))]
         first = self.stages[start].unet
         if first.num_classes is not None:
             if labels is None:
                 raise ValueError("This cascade is class-conditional: pass `labels`. Received: labels=None")
             labels = check_labels(labels, first.num_classes)
             count = len(labels)
+            check_num_images_with_labels(num_images, count)
         else:
             if labels is not None:
                 raise ValueError(f"This cascade is unconditional: pass `num_images`, not labels. Received: {labels!r}")
@@ -218,11 +225,13 @@ class CascadedDiffusionPipeline:
             )
         low_res = None
         if low_res_images is not None:
-            check_image_shape("low_res_images", np.shape(low_res_images), first.low_res_size, first.image_channels,
+            low_res_images = as_array("low_res_images", low_res_images, "integers in [0, 255], or floats in [-1, 1]")
+            check_image_shape("low_res_images", low_res_images.shape, first.low_res_size, first.image_channels,
                               count, where=f" (the input of stage {self.stage_names[start]!r})")
             low_res = from_uint8(low_res_images, name="low_res_images")
         return {"start": start, "labels": labels, "count": count, "low_res": low_res, "seed": check_seed(seed),
-                "batch_size": check_positive_int("batch_size", batch_size), "convert": convert}
+                "batch_size": check_positive_int("batch_size", batch_size), "convert": convert,
+                "use_ema": check_bool("use_ema", use_ema), "verbose": check_verbose(verbose)}
 
     # -- presets ------------------------------------------------------------------------------
 
@@ -274,10 +283,37 @@ class CascadedDiffusionPipeline:
         return presets.write_atomically(folder, write, overwrite)
 
 
+def _check_sampling(sampling, names):
+    """`sampling` (None, one dict per stage, or a dict from stage name to dict) as a list
+    of one dict of settings per stage."""
+    allowed = ("`sampling` must be None, a list of one dict of settings per stage, or a dict from stage name "
+               f"to dict (stages: {names})")
+    if sampling is None or (isinstance(sampling, (dict, list, tuple)) and not sampling):
+        return [{} for _ in names]
+    if isinstance(sampling, dict):
+        unknown = set(sampling) - set(names)
+        if unknown:
+            raise ValueError(f"Unknown stages {sorted(unknown, key=str)} in `sampling`; stages: {names}. "
+                             f"Received: sampling keys {shown(sorted(sampling, key=str))}")
+        given = [sampling.get(name, {}) for name in names]
+    elif isinstance(sampling, (list, tuple)):
+        given = list(sampling)
+        if len(given) != len(names):
+            raise ValueError(f"`sampling` needs one dict per stage ({len(names)}). Received: {len(given)}")
+    else:
+        raise ValueError(f"{allowed}. Received: sampling={shown(sampling)}")
+    for name, settings in zip(names, given):
+        if not isinstance(settings, dict):
+            raise ValueError(f"{allowed}. Received: the settings of stage {name!r}: {shown(settings)}")
+    return given
+
+
 def _check_stages(stages):
-    if not stages or not all(isinstance(s, DiffusionModel) for s in stages):
-        raise ValueError("`stages` must be a non-empty list of DiffusionModel. "
-                         f"Received: {[type(s).__name__ for s in stages]}")
+    """`stages` as a list: a non-empty sequence of DiffusionModel that chain."""
+    if not isinstance(stages, (list, tuple)) or not stages or not all(isinstance(s, DiffusionModel) for s in stages):
+        kinds = [type(s).__name__ for s in stages] if isinstance(stages, (list, tuple)) else shown(stages)
+        raise ValueError(f"`stages` must be a non-empty list of DiffusionModel. Received: stages={kinds}")
+    stages = list(stages)
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"Stage names must be unique (they name the preset's subfolders). Received: {names}")
@@ -293,3 +329,4 @@ def _check_stages(stages):
     classes = {s.unet.num_classes for s in stages}
     if len(classes) > 1:
         raise ValueError(f"All stages must share their classes. Received: num_classes={[s.unet.num_classes for s in stages]}")
+    return stages

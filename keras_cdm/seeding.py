@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cdm._validation import is_int
+from keras_cdm._validation import is_int, shown
 
 SEED_LIMIT = 2**31
 INITIAL_NOISE_COUNTER = 0
@@ -41,7 +41,7 @@ def check_seed(seed):
     if seed is None:
         return int(np.random.randint(0, SEED_LIMIT - 1))
     if not is_int(seed) or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
+        raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={shown(seed)}")
     return int(seed)
 
 
@@ -51,12 +51,15 @@ def per_example_seeds(seed, batch):
         seed = check_seed(None)
     if is_int(seed) and 0 <= seed < SEED_LIMIT:
         return example_seeds(seed, range(batch))
-    seeds = np.asarray(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
+    try:
+        seeds = np.asarray(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
+    except (ValueError, TypeError, OverflowError):  # ragged lists, integers too large
+        seeds = None
     if (seeds is None or seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer)
             or seeds.min() < 0 or seeds.max() >= SEED_LIMIT):
         raise ValueError(
             f"`seed` must be None, an integer in [0, 2**31), or {batch} such integers (one per image). "
-            f"Received: seed={seed!r}"
+            f"Received: seed={shown(seed)}"
         )
     return seeds.astype("int32")
 

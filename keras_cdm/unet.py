@@ -17,6 +17,7 @@ from keras_cdm._validation import (
     check_config,
     check_finite,
     check_int_tuple,
+    check_keyword_arguments,
     check_range,
     check_size,
     shown,
@@ -113,6 +114,9 @@ class DiffusionUNet(keras.Model):
         **kwargs,
     ):
         # === Arguments ===
+        # Keras' functional models drop keyword arguments they do not know: a misspelt
+        # argument (num_clases=10) would build another model without a word.
+        check_keyword_arguments(DiffusionUNet, kwargs)
         # Sizes are bounded (keras_cdm.presets.LIMITS), and the parameters counted, before
         # anything is built: a config from an untrusted preset cannot exhaust memory.
         image_size = check_size("image_size", image_size)
@@ -286,10 +290,11 @@ def _level_resolutions(config):
 
 def _check_sequence(name, value, allow_empty=False):
     """A sequence of positive integers with at most LIMITS["levels"] items."""
-    if isinstance(value, (list, tuple)) and len(value) > LIMITS["levels"]:
+    items = check_int_tuple(name, value, allow_empty=allow_empty)
+    if len(items) > LIMITS["levels"]:
         raise ValueError(f"`{name}` must have at most {LIMITS['levels']} items (the bound of "
                          f"keras_cdm.presets.LIMITS['levels']). Received: {name}={shown(value)}")
-    return check_int_tuple(name, value, allow_empty=allow_empty)
+    return items
 
 
 def parameter_count(config):

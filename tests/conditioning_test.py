@@ -94,8 +94,8 @@ def test_augmentation_config_round_trip(layer):
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: GaussianConditioningAugmentation(5000), "`max_level` must be a number in [0, 4000]. Received: max_level=5000"),
-        (lambda: GaussianConditioningAugmentation(2.5), "`max_level` must be an integer. Received: max_level=2.5"),
+        (lambda: GaussianConditioningAugmentation(5000), "`max_level` must be an integer in [0, 4000] (`num_timesteps`). Received: max_level=5000"),
+        (lambda: GaussianConditioningAugmentation(2.5), "`max_level` must be an integer in [0, 4000] (`num_timesteps`). Received: max_level=2.5"),
         (lambda: GaussianConditioningAugmentation(10, schedule="sqrt"), "`schedule` must be one of"),
         (lambda: BlurConditioningAugmentation(kernel_size=4), "`kernel_size` must be odd. Received: kernel_size=4"),
         (lambda: BlurConditioningAugmentation(sigma_range=(0.6, 0.4)), "Received: sigma_range=(0.6, 0.4)"),

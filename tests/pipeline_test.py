@@ -85,7 +85,7 @@ def test_uint8_conversions_round_trip():
         ({"labels": None}, "This cascade is class-conditional: pass `labels`"),
         ({"labels": [0], "batch_size": 0}, "`batch_size` must be a positive integer. Received: batch_size=0"),
         ({"labels": [0], "seed": -1}, r"`seed` must be None or an integer in \[0, 2\*\*31\)"),
-        ({"labels": [0], "start_stage": "sr64"}, r"`stage` must be a stage name in \['base', 'sr16', 'sr32'\]"),
+        ({"labels": [0], "start_stage": "sr64"}, r"`start_stage` must be a stage name in \['base', 'sr16', 'sr32'\]"),
         ({"labels": [0], "start_stage": 1}, "`low_res_images` goes with a super-resolution `start_stage`"),
         ({"labels": [0], "start_stage": 1, "low_res_images": np.zeros((1, 16, 16, 1), np.uint8)},
          r"`low_res_images` must have shape \(1, 8, 8, 1\)"),
@@ -105,7 +105,7 @@ def test_generate_rejects_bad_requests(cascade, kwargs, message):
         ("base", {"noise_schedule": {"schedule": "linear"}}, "`noise_schedule` needs a stage trained with continuous"),
         ("base", {"sampler": "euler"}, r"`sampler` must be one of \['ancestral', 'ddim', 'dpm\+\+2m', "),
         ("base", {"steps": 4}, r"Sampling settings take the keys .* Received: \['steps'\]"),
-        ("base", {"eta": -1.0}, "`eta` must be a number >= 0"),
+        ("base", {"eta": -1.0}, r"`eta` must be a finite number in \[0.0, 1.0\]"),
     ],
 )
 def test_bad_sampling_settings_are_refused(cascade, stage, settings, message):
