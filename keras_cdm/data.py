@@ -47,6 +47,7 @@ from keras_cdm._validation import (
     check_size,
     check_text,
     shown,
+    with_static_shape,
 )
 from keras_cdm.images import INTERPOLATIONS, check_image_values, from_uint8, uint8_to_unit
 
@@ -118,7 +119,11 @@ def low_res_pairs(dataset, low_res_size, interpolation="bicubic"):
                          f"element_spec={spec!r}")
 
     def add_low_res(batch):
-        return {**batch, "low_res_images": resize_images(batch["images"], low_res_size, interpolation)}
+        # Batches of unknown static shape (after `filter`, from a generator with None shapes)
+        # are checked when they arrive.
+        images = with_static_shape("images", batch["images"], (None, None, None, None), "(B, H, W, C)",
+                                   where=" (batches of `dataset`)")
+        return {**batch, "images": images, "low_res_images": resize_images(images, low_res_size, interpolation)}
 
     return dataset.map(add_low_res, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

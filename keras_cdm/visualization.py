@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_cdm._validation import check_positive_int
+from keras_cdm._validation import LIMITS, check_int, shown
 from keras_cdm.images import to_uint8
 
 _PAD = 2
@@ -18,16 +18,21 @@ def image_grid(images, labels=None, columns=None, class_names=None, scale=None):
     Args:
         images: the images, (N, H, W, C) with C in {1, 3}.
         labels: optional class labels, one per image, written above each tile.
-        columns: images per row (default: about a square grid).
+        columns: images per row, at most the number of images (default: about
+            a square grid).
         class_names: optional names for the labels (a list or a dict).
-        scale: integer enlargement of every tile (default: enough for 64 px).
+        scale: integer enlargement of every tile (default: enough for 64 px; at
+            most to tiles of `LIMITS["image_size"]` pixels).
     """
     from PIL import Image, ImageDraw
 
     images = _as_uint8_rgb(images)
     count, height, width = images.shape[:3]
     columns = _check_columns(columns, count)
-    scale = scale or max(1, math.ceil(_MIN_TILE / max(height, width)))
+    if scale is None:
+        scale = max(1, math.ceil(_MIN_TILE / max(height, width)))
+    else:  # tiles of at most LIMITS["image_size"] pixels
+        scale = check_int("scale", scale, 1, max(1, LIMITS["image_size"] // max(height, width)))
     height, width = height * scale, width * scale
     caption = 12 if labels is not None else 0
     rows = math.ceil(count / columns)
@@ -66,9 +71,11 @@ def _as_uint8_rgb(images):
 
 
 def _check_columns(columns, count):
+    """Images per row: at most the number of images (more would only widen the canvas,
+    without bound: `columns=10**9` asked for a grid billions of pixels wide)."""
     if columns is None:
         return max(1, math.ceil(math.sqrt(count)))
-    return check_positive_int("columns", columns)
+    return check_int("columns", columns, 1, count)
 
 
 def _names(labels, class_names, count):
@@ -79,4 +86,8 @@ def _names(labels, class_names, count):
         raise ValueError(f"`labels` must hold one label per image ({count}). Received: {len(labels)}")
     if class_names is None:
         return [str(label) for label in labels.tolist()]
-    return [str(class_names[label]) for label in labels.tolist()]
+    try:
+        return [str(class_names[label]) for label in labels.tolist()]
+    except (KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"`class_names` must name every label ({error!r} is missing). "
+                         f"Received: class_names={shown(class_names)}") from None
