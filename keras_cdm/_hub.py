@@ -128,14 +128,17 @@ class _Timeouts:
             _ACTIVE.remove(self.timeouts)
 
 
-def network_problem(error, endpoint, limits):
+def network_problem(error, endpoint, limits=None):
     """Why the Hub at `endpoint` could not be used, from the exceptions chained in
-    `error` (by class name: whichever httpx huggingface_hub uses); None if not the network."""
+    `error` (by class name: whichever httpx huggingface_hub uses); None if not the network.
+    `limits`: the (metadata, download) timeouts in force, or None (huggingface_hub's own)."""
     for _ in range(20):
         if error is None:
             return None
         names = {cls.__name__ for cls in type(error).__mro__}
         if "TimeoutException" in names:
+            if limits is None:
+                return f"the Hub at {endpoint} did not answer in time ({type(error).__name__})"
             return (f"the Hub at {endpoint} did not answer within {limits[0]:g} s (HF_HUB_ETAG_TIMEOUT; "
                     f"file downloads: {limits[1]:g} s, HF_HUB_DOWNLOAD_TIMEOUT)")
         if names & {"ConnectError", "NetworkError", "TransportError", "ProxyError"}:

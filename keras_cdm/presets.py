@@ -482,21 +482,36 @@ def upload_preset(handle, folder, private=None, commit_message=None, token=None)
     >>> pipeline.save_to_preset("my_cascade")
     >>> upload_preset("hf://me/my-cascade", "my_cascade")
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, errors
 
     if not isinstance(handle, str) or not handle.startswith(HF_PREFIX):
-        raise ValueError(f"Upload to an 'hf://owner/repo[/subfolder]' handle. Received: handle={handle!r}")
+        raise ValueError(f"Upload to an 'hf://owner/repo[/subfolder]' handle. Received: handle={shown(handle)}")
     repo_id, sub, revision = parse_hf_handle(handle)
+    if private is not None:
+        check_bool("private", private)
+    check_text("commit_message", commit_message, 1000, allow_none=True)
+    check_text("token", token, allow_none=True)
     validate_folder(folder)
     card, target = Path(folder) / MODEL_CARD, repo_id + (f"/{sub}" if sub else "")
     if not card.exists():
         card.write_text(model_card(folder).replace("OWNER/REPO", target))
     elif CARD_PLACEHOLDER in card.read_text():
         card.write_text(card.read_text().replace(CARD_PLACEHOLDER, HF_PREFIX + target))
-    api = HfApi(endpoint=_hub.settings()["endpoint"], token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sub, revision=revision,
-                             commit_message=commit_message or f"Upload keras_cdm preset {Path(folder).name}")
+    endpoint = _hub.settings()["endpoint"]
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sub, revision=revision,
+                                 commit_message=commit_message or f"Upload keras_cdm preset {Path(folder).name}")
+    except Exception as error:  # the network, or the Hub's refusal (no token, no right to the repo)
+        problem = _hub.network_problem(error, endpoint)
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if problem is None and isinstance(error, errors.HfHubHTTPError) and isinstance(status, int):
+            summary = " ".join(str(error).split())[:300]
+            problem = f"the Hub at {endpoint} refused it ({status}: {summary})"
+        if problem is None:
+            raise
+        raise ValueError(f"Could not upload {str(folder)!r} to {handle}: {problem}.") from error
     return getattr(info, "commit_url", str(info))
 
 
