@@ -1,17 +1,38 @@
-"""The `keras-cdm` command. Bad arguments give a one-line error and exit code 2."""
+"""The `keras-cdm` command.
+
+Anything the user can fix (a bad argument, a missing or unreadable file, an unreachable
+Hub, a request too large for memory) ends the command with exactly one line,
+`keras-cdm: error: ...`, on stderr and exit status 2; an unexpected failure (a bug) with
+one `keras-cdm: error: internal error ...` line and status 1. `--debug` (before or after
+the command) shows the traceback instead. Options are checked, with their bounds, before
+any model is loaded.
+"""
 
 import argparse
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from keras_cdm import presets
+from keras_cdm._hub import check_revision
+from keras_cdm._validation import check_choice, check_num_steps, check_text, has_control_characters, shown
+from keras_cdm.diffusion import SAMPLERS
 from keras_cdm.pipeline import CascadedDiffusionPipeline
+from keras_cdm.seeding import SEED_LIMIT
 from keras_cdm.version import __version__
 from keras_cdm.visualization import save_image_grid
+
+MAX_GRID_IMAGES = 10_000  # images in one `sample` grid (100 x 100 tiles)
+MAX_EVALUATION_SAMPLES = 10_000_000  # --num-samples, --num-real (FID takes 50,000)
+MAX_CAS_EPOCHS = 10_000
+MAX_BATCH_SIZE = 2**31 - 1
+USER_ERRORS = (ValueError, OSError, MemoryError, ImportError)
+"""Errors the user can fix (exit status 2): checks' ValueErrors, files and network
+(OSError), requests too large (MemoryError), missing optional packages (ImportError)."""
 
 
 def _cmd_presets(args):
@@ -22,12 +43,13 @@ def _cmd_presets(args):
 def _cmd_architecture(args):
     start = time.perf_counter()
     if presets.preset_kind(presets.builtin_preset_path(args.preset)) == "cascade":
-        if args.dtype:
+        if args.dtype is not None:
             raise ValueError(f"--dtype applies to stage presets; {args.preset!r} is a cascade. Received: {args.dtype!r}")
         stages = CascadedDiffusionPipeline.from_preset(args.preset, load_weights=False).stages
         units = [(stage.name, stage.unet) for stage in stages]
     else:
-        units = [(args.preset, presets.unet_from_preset(args.preset, **({"dtype": args.dtype} if args.dtype else {})))]
+        overrides = {} if args.dtype is None else {"dtype": args.dtype}
+        units = [(args.preset, presets.unet_from_preset(args.preset, **overrides))]
     seconds = time.perf_counter() - start
     for name, unet in units:
         if not args.no_summary:
@@ -40,10 +62,13 @@ def _cmd_architecture(args):
 
 
 def _cmd_sample(args):
-    if args.per_class is not None and (args.per_class < 1 or args.labels or args.num_images):
+    if args.per_class is not None and (args.labels or args.num_images):
         raise ValueError("--per-class takes a positive integer and replaces --labels and --num-images. "
                          f"Received: --per-class {args.per_class}, --labels {args.labels}, "
                          f"--num-images {args.num_images}")
+    if args.labels and len(args.labels) > MAX_GRID_IMAGES:
+        raise ValueError(f"--labels takes at most {MAX_GRID_IMAGES} labels (one grid). Received: {len(args.labels)}")
+    _check_output("--out", args.out, ".png")
     pipeline = _load_pipeline(args.preset, args.revision)
     _apply_sampling(pipeline, args.steps, args.sampler)
     labels, columns = args.labels, args.columns
@@ -51,7 +76,14 @@ def _cmd_sample(args):
         classes = pipeline.stages[0].unet.num_classes
         if classes is None:
             raise ValueError(f"--per-class needs a class-conditional cascade; {args.preset!r} is unconditional.")
+        if classes * args.per_class > MAX_GRID_IMAGES:
+            raise ValueError(f"--per-class {args.per_class} makes {classes * args.per_class} images ({classes} "
+                             f"classes); one grid takes at most {MAX_GRID_IMAGES}. Received: --per-class "
+                             f"{args.per_class}")
         labels, columns = np.repeat(np.arange(classes), args.per_class).tolist(), columns or args.per_class
+    count = len(labels) if labels else args.num_images
+    if columns is not None and count is not None and columns > count:
+        raise ValueError(f"--columns must be in [1, {count}] (the number of images). Received: --columns {columns}")
     start = time.perf_counter()
     images = pipeline.generate(labels=labels, num_images=args.num_images, seed=args.seed,
                                batch_size=args.batch_size, verbose=not args.quiet)
@@ -70,14 +102,97 @@ def _apply_sampling(pipeline, steps, samplers):
             raise ValueError(f"{option} takes one value, or one per stage ({len(pipeline.stages)}: "
                              f"{pipeline.stage_names}). Received: {len(values)} values")
         for stage_settings, value in zip(settings, values * len(pipeline.stages) if len(values) == 1 else values):
-            stage_settings[key] = _num_steps(value) if key == "num_steps" else value
+            stage_settings[key] = _steps_value(value) if key == "num_steps" else value
     for k, stage_settings in enumerate(settings):
         if stage_settings:
             pipeline.set_sampling(k, **stage_settings)
 
 
-def _num_steps(value):
-    return None if value in ("all", "full") else (int(value) if value.isdigit() else value)
+def _steps_value(value):
+    """A --steps value as `num_steps`: "all" (every step) None, "100" 100, a spacing
+    ("ddim25", "logsnr20", ...) as it is; a value already converted is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    if value in ("all", "full"):
+        return None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else value
+
+
+def _num_steps(text):
+    """argparse type of --steps: a value `set_sampling` may take (checked against each stage later)."""
+    try:
+        return check_num_steps(_steps_value(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _sampler(value):
+    try:
+        return check_choice("sampler", value, SAMPLERS)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _int_in(low, high):
+    """An argparse type: an integer in [low, high]."""
+    def parse(text):
+        value = int(text)  # a ValueError: argparse's "invalid int value: 'x'"
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}]. Received: {shown(text)}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _text(text):
+    """An argparse type: a string without control characters (a name, a split, a message)."""
+    try:
+        return check_text("value", text, 1000)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be at most 1000 characters without control characters. "
+                                         f"Received: {shown(text)}") from None
+
+
+def _revision(text):
+    try:
+        return check_revision(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_output(option, path, suffix=None):
+    """Fails before any work when `path` cannot be written: a folder, a device or a pipe,
+    a folder that cannot be made or written in, or the wrong suffix."""
+    if suffix == ".png" and Path(path).suffix.lower() != ".png":
+        raise ValueError(f"{option}: grids are written as PNG: the path must end in .png. Received: {path!r}")
+    if not path.strip() or has_control_characters(path):
+        raise ValueError(f"{option} must be a file path without control characters. Received: {path!r}")
+    target = Path(path)
+    try:
+        if target.is_dir():
+            raise ValueError(f"{option} is a folder; give the path of a file to write. Received: {path!r}")
+        if target.exists() and not target.is_file():
+            raise ValueError(f"{option} exists and is not a regular file (a device or a pipe). Received: {path!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():  # the name itself may be refused (too long, ...): try it
+            target.touch()
+            target.unlink()
+        else:
+            with tempfile.TemporaryFile(dir=target.parent):
+                pass
+    except OSError as error:
+        raise ValueError(f"{option} cannot be written ({error.strerror or error}). Received: {path!r}") from None
+
+
+def _check_input(option, path, kind):
+    """`path` is an existing folder (`kind` "folder") or regular file ("file")."""
+    try:
+        exists = Path(path).is_dir() if kind == "folder" else Path(path).is_file()
+    except OSError:  # a name too long for the file system, ...
+        exists = False
+    if not path.strip() or not exists:  # "" would be the working folder
+        raise ValueError(f"{option} must be an existing {kind}. Received: {path!r}")
 
 
 def _load_pipeline(preset, revision):
@@ -97,11 +212,21 @@ def _extractor(args):
     if args.extractor == "inception":
         weights = args.inception_weights or "imagenet"
         return evaluation.InceptionV3Features(weights=weights, allow_download=args.allow_download)
+    import zipfile
+
     import keras
 
     if not args.extractor.endswith(".keras"):
         raise ValueError(f"--extractor is 'inception' or a .keras classifier file. Received: {args.extractor!r}")
-    model = keras.saving.load_model(args.extractor, safe_mode=True)
+    _check_input("--extractor", args.extractor, "file")
+    if not zipfile.is_zipfile(args.extractor):
+        raise ValueError(f"--extractor must be a .keras model file (a zip archive written by model.save); this "
+                         f"file is not one. Received: {args.extractor!r}")
+    try:
+        model = keras.saving.load_model(args.extractor, safe_mode=True)
+    except Exception as error:  # a broken archive raises anything: BadZipFile, KeyError, JSON errors, ...
+        raise ValueError(f"--extractor could not be loaded as a Keras model ({type(error).__name__}: "
+                         f"{_one_line(error)[:500]}). Received: {args.extractor!r}") from error
     return evaluation.ClassifierFeatures(model, feature_layer=args.feature_layer)
 
 
@@ -132,8 +257,19 @@ def _cmd_evaluate(args):
 
     if args.metric in ("fid", "cas") and args.data is None:
         raise ValueError(f"--metric {args.metric} needs --data: a folder of real images or tfds:NAME")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be a positive integer. Received: {args.num_samples}")
+    if args.data is not None:
+        if args.data.startswith("tfds:"):
+            if not args.data[5:]:
+                raise ValueError(f"--data tfds:NAME needs a dataset name. Received: {args.data!r}")
+        else:
+            _check_input("--data", args.data, "folder")
+    if args.data_dir is not None:
+        _check_input("--data-dir", args.data_dir, "folder")
+    if args.inception_weights is not None:
+        _check_input("--inception-weights", args.inception_weights, "file")
+    if args.json is not None:
+        _check_output("--json", args.json)
+    extractor = None if args.metric == "cas" else _extractor(args)  # a bad extractor fails before sampling
     pipeline = _load_pipeline(args.preset, args.revision)
     _apply_sampling(pipeline, args.steps, args.sampler)
     classes = pipeline.stages[0].unet.num_classes
@@ -144,24 +280,25 @@ def _cmd_evaluate(args):
     if args.metric == "cas":
         if classes is None:
             raise ValueError("--metric cas needs a class-conditional cascade")
+        real, real_labels = _real_data(args, pipeline, args.num_real or args.num_samples)  # fails before sampling
         generated = np.concatenate(list(samples))
-        real, real_labels = _real_data(args, pipeline, args.num_real or args.num_samples)
         result = evaluation.classification_accuracy_score(generated, labels, real, real_labels, classes,
                                                           epochs=args.cas_epochs, seed=args.seed)
         result = {"top1": result["top1"], "top5": result["top5"]}
     elif args.metric == "is":
-        _, score = evaluation.compute_statistics(samples, _extractor(args), num_samples=args.num_samples,
+        _, score = evaluation.compute_statistics(samples, extractor, num_samples=args.num_samples,
                                                  inception_score=True, splits=min(10, args.num_samples))
         mean, std = score.result()
         result = {"is": mean, "is_std": std}
     else:
-        extractor = _extractor(args)
+        real, _ = _real_data(args, pipeline, args.num_real or args.num_samples)  # fails before sampling
+        real_stats = evaluation.compute_statistics(real, extractor)
+        del real
         stats = evaluation.compute_statistics(samples, extractor, num_samples=args.num_samples)
-        real, _ = _real_data(args, pipeline, args.num_real or args.num_samples)
-        result = {"fid": evaluation.fid(evaluation.compute_statistics(real, extractor), stats)}
+        result = {"fid": evaluation.fid(real_stats, stats)}
     result.update(samples=args.num_samples, seconds=round(time.perf_counter() - start, 1))
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-    if args.json:
+    if args.json is not None:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "metric": args.metric, **result}, indent=2))
 
 
@@ -171,19 +308,32 @@ def _cmd_upload(args):
     print(f"uploaded {args.folder} to {args.handle}: {url}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors end with the command's one `keras-cdm: error:` line."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"keras-cdm: error: {command}{_one_line(message)}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-cdm",
         description="Cascaded Diffusion Models for Keras 3 (Ho et al. 2021).",
     )
     parser.add_argument("--version", action="version", version=f"keras-cdm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after COMMAND)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
 
-    listing = commands.add_parser("presets", help="list the built-in presets")
+    listing = commands.add_parser("presets", help="list the built-in presets", parents=[common])
     listing.set_defaults(func=_cmd_presets)
 
     arch = commands.add_parser(
-        "architecture",
+        "architecture", parents=[common],
         help="build a preset's U-Nets (random weights) and print their summaries and parameter counts",
     )
     arch.add_argument("preset", help="a built-in preset name (see `keras-cdm presets`)")
@@ -191,55 +341,70 @@ def build_parser():
     arch.add_argument("--no-summary", action="store_true", help="print only the parameter count")
     arch.set_defaults(func=_cmd_architecture)
 
-    sample = commands.add_parser("sample", help="sample a cascade (or one stage) and write a labelled PNG grid")
+    seed = _int_in(0, SEED_LIMIT - 1)
+    batch_size = _int_in(1, MAX_BATCH_SIZE)
+    sample = commands.add_parser("sample", help="sample a cascade (or one stage) and write a labelled PNG grid",
+                                 parents=[common])
     sample.add_argument("--preset", required=True, help="a built-in name, a preset folder or hf://owner/repo")
-    sample.add_argument("--revision", help="a Hub revision (branch, tag or commit) for hf:// presets")
-    sample.add_argument("--labels", type=int, nargs="+", help="class labels, one per image")
-    sample.add_argument("--num-images", type=int, help="number of images (unconditional cascades)")
-    sample.add_argument("--per-class", type=int, metavar="K",
+    sample.add_argument("--revision", type=_revision, help="a Hub revision (branch, tag or commit) for hf:// presets")
+    sample.add_argument("--labels", type=_int_in(0, 100_000), nargs="+", help="class labels, one per image")
+    sample.add_argument("--num-images", type=_int_in(1, MAX_GRID_IMAGES),
+                        help=f"number of images (unconditional cascades; at most {MAX_GRID_IMAGES})")
+    sample.add_argument("--per-class", type=_int_in(1, MAX_GRID_IMAGES), metavar="K",
                         help="K images of every class, one row per class (instead of --labels)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=seed, default=0, help="random seed in [0, 2**31) (default 0)")
     sample.add_argument("--out", required=True, help="the PNG file to write")
-    sample.add_argument("--steps", nargs="+", metavar="N",
+    sample.add_argument("--steps", nargs="+", metavar="N", type=_num_steps,
                         help='sampling steps: one value for every stage or one per stage: "100" (evenly spaced), '
                              '"ddim25", "logsnr20" or "karras20" (spaced by noise level, for DPM-Solver++), "all"')
-    sample.add_argument("--sampler", nargs="+", metavar="NAME",
+    sample.add_argument("--sampler", nargs="+", metavar="NAME", type=_sampler,
                         help='sampler: one for every stage or one per stage: "ancestral", "ddim", "dpm++2m", '
                              '"dpm++3m" or "dpm++2m-sde" (see docs/sampling.md; default: the preset\'s)')
-    sample.add_argument("--batch-size", type=int, default=16, help="images per call of a stage (default 16)")
-    sample.add_argument("--columns", type=int, help="images per row of the grid")
+    sample.add_argument("--batch-size", type=batch_size, default=16, help="images per call of a stage (default 16)")
+    sample.add_argument("--columns", type=_int_in(1, MAX_GRID_IMAGES),
+                        help="images per row of the grid (at most the number of images)")
     sample.add_argument("--quiet", action="store_true", help="no progress bars")
     sample.set_defaults(func=_cmd_sample)
 
-    evaluate = commands.add_parser("evaluate", help="FID, Inception Score or Classification Accuracy Score of a preset")
+    evaluate = commands.add_parser("evaluate", help="FID, Inception Score or Classification Accuracy Score of a preset",
+                                   parents=[common])
     evaluate.add_argument("--preset", required=True, help="a built-in name, a preset folder or hf://owner/repo")
-    evaluate.add_argument("--revision", help="a Hub revision for hf:// presets")
+    evaluate.add_argument("--revision", type=_revision, help="a Hub revision for hf:// presets")
     evaluate.add_argument("--metric", required=True, choices=["fid", "is", "cas"])
     evaluate.add_argument("--data", help="real images: a folder (one sub-folder per class) or tfds:NAME")
     evaluate.add_argument("--data-dir", help="tfds data_dir")
-    evaluate.add_argument("--split", default="validation", help="tfds split of the real images (default validation)")
-    evaluate.add_argument("--num-samples", type=int, default=50000, help="generated samples (default 50000)")
-    evaluate.add_argument("--num-real", type=int, help="real images (default: as many as samples)")
+    evaluate.add_argument("--split", type=_text, default="validation",
+                          help="tfds split of the real images (default validation)")
+    evaluate.add_argument("--num-samples", type=_int_in(1, MAX_EVALUATION_SAMPLES), default=50000,
+                          help=f"generated samples (default 50000, at most {MAX_EVALUATION_SAMPLES})")
+    evaluate.add_argument("--num-real", type=_int_in(1, MAX_EVALUATION_SAMPLES),
+                          help="real images (default: as many as samples)")
     evaluate.add_argument("--extractor", default="inception",
                           help="'inception' (Inception-v3 pool features) or a .keras classifier (domain FID/IS)")
-    evaluate.add_argument("--feature-layer", help="layer of a .keras extractor giving the features")
+    evaluate.add_argument("--feature-layer", type=_text, help="layer of a .keras extractor giving the features")
     evaluate.add_argument("--inception-weights", help="local Inception-v3 weights file (default: the Keras cache)")
     evaluate.add_argument("--allow-download", action="store_true", help="download Inception-v3 weights if missing")
-    evaluate.add_argument("--cas-epochs", type=int, default=20, help="classifier epochs for CAS (default 20)")
-    evaluate.add_argument("--steps", nargs="+", metavar="N", help="sampling steps, as for `sample`")
-    evaluate.add_argument("--sampler", nargs="+", metavar="NAME", help="samplers, as for `sample`")
-    evaluate.add_argument("--batch-size", type=int, default=16, help="images per call of a stage (default 16)")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--cas-epochs", type=_int_in(1, MAX_CAS_EPOCHS), default=20,
+                          help="classifier epochs for CAS (default 20)")
+    evaluate.add_argument("--steps", nargs="+", metavar="N", type=_num_steps, help="sampling steps, as for `sample`")
+    evaluate.add_argument("--sampler", nargs="+", metavar="NAME", type=_sampler, help="samplers, as for `sample`")
+    evaluate.add_argument("--batch-size", type=batch_size, default=16, help="images per call of a stage (default 16)")
+    evaluate.add_argument("--seed", type=seed, default=0)
     evaluate.add_argument("--json", help="also write the result to this JSON file")
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    upload = commands.add_parser("upload", help="upload a preset folder to the Hugging Face Hub")
+    upload = commands.add_parser("upload", help="upload a preset folder to the Hugging Face Hub", parents=[common])
     upload.add_argument("folder", help="a preset folder written by save_to_preset")
     upload.add_argument("handle", help="hf://owner/repo[/subfolder]")
     upload.add_argument("--private", action="store_true", help="create the repository as private")
-    upload.add_argument("--message", help="commit message")
+    upload.add_argument("--message", type=_text, help="commit message")
     upload.set_defaults(func=_cmd_upload)
     return parser
+
+
+def _one_line(error):
+    """An error's message on one line (multi-line messages, e.g. TensorFlow's, joined)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv=None):
@@ -250,8 +415,19 @@ def main(argv=None):
         return 0
     try:
         args.func(args)
-    except (ValueError, OSError) as error:
-        parser.exit(2, f"keras-cdm: error: {error}\n")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        parser.exit(130, "keras-cdm: error: interrupted\n")
+    except Exception as error:  # one line, no traceback (unless --debug): see the module's docstring
+        if args.debug:
+            raise
+        if isinstance(error, MemoryError):
+            parser.exit(2, f"keras-cdm: error: not enough memory for this request ({_one_line(error)})\n")
+        if isinstance(error, USER_ERRORS):
+            parser.exit(2, f"keras-cdm: error: {_one_line(error)}\n")
+        parser.exit(1, f"keras-cdm: error: internal error ({type(error).__name__}: {_one_line(error)}); run "
+                       "with --debug for the traceback\n")
     return 0
 
 
