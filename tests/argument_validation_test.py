@@ -257,10 +257,7 @@ def test_low_res_pairs_take_batches_of_unknown_static_shape():
     for dataset in (unknown_rank, filtered):  # refused before the fix (unknown rank), though every batch is valid
         pairs = list(data.low_res_pairs(dataset, 4))
         assert [tuple(p["low_res_images"].shape[1:]) for p in pairs] == [(4, 4, 1)] * len(pairs)
-    sr = DiffusionModel(DiffusionUNet(8, low_res_size=4, num_classes=2, **TINY), GaussianDiffusion(10, "cosine"))
-    sr.compile()
-    history = sr.fit(data.low_res_pairs(unknown_rank, 4), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    # (`fit` on such batches: tests/data_reliability_test.py)
     wrong_rank = tf.data.Dataset.from_generator(batches([(2, 8, 8, 1), (8, 8, 1)]), output_signature={
         "images": tf.TensorSpec(None, tf.float32), "labels": tf.TensorSpec(None, tf.int32)})
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"`images` must have shape \(B, H, W, C\) \(batches of "
