@@ -186,8 +186,9 @@ if keras.backend.backend() == "tensorflow":
 
 """
 Saving works as on one device: `stage.save_to_preset(folder)` writes the EMA weights, and
-`keras.callbacks.BackupAndRestore` / `ModelCheckpoint` work under the strategy (see the
-guide *Training a cascade on your own images*).
+`keras_cdm.callbacks.BackupAndRestore` (Keras' callback made safe against kills) and
+`keras.callbacks.ModelCheckpoint` work under the strategy (see the guide *Training a
+cascade on your own images*).
 
 ## Several machines: `MultiWorkerMirroredStrategy`
 
@@ -208,7 +209,8 @@ Set it before the strategy is created (on a cluster, the job launcher usually se
 The workers wait for each other at start-up, then all-reduce gradients over the network
 (NCCL between GPUs, gRPC otherwise). Worker 0 is the *chief*: let only it write presets
 and grids, while every worker must run the callbacks that synchronise, such as
-`BackupAndRestore` (give each worker a folder of its own, or a shared file system). The
+`BackupAndRestore` (give each worker a folder of its own: workers sharing one would delete
+each other's backup files). The
 dataset is batched with the global batch and sharded between the workers automatically.
 
 Keras 3.15 cannot run `fit` under `MultiWorkerMirroredStrategy` for models whose batches

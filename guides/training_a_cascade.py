@@ -74,7 +74,7 @@ from keras_cdm import (
     presets,
     save_image_grid,
 )
-from keras_cdm.callbacks import SampleGrid
+from keras_cdm.callbacks import BackupAndRestore, SampleGrid
 
 WORKDIR = Path(tempfile.mkdtemp())  # checkpoints, backups and presets of this guide
 DEMO_FOLDER = WORKDIR / "digits"
@@ -198,11 +198,15 @@ Three callbacks go with it:
   always from the same seed, and writes a PNG grid: the cheapest way to see whether a run
   is going anywhere;
 - `keras.callbacks.ModelCheckpoint` keeps the weights of every epoch (or only the best);
-- `keras.callbacks.BackupAndRestore` saves the whole training state at the end of every
-  epoch, and when the same `fit` is started again after a crash, restores it and carries
-  on from the last finished epoch. The state includes the optimizer (Adam moments and the
-  EMA) and the random streams of the model (timesteps, noise), so the resumed run is the
-  run that would have happened without the crash.
+- `keras_cdm.callbacks.BackupAndRestore` saves the whole training state at the end of
+  every epoch (or every `save_freq` batches), and when the same `fit` is started again
+  after a crash, restores it and carries on from there. The state includes the optimizer
+  (Adam moments and the EMA) and the random streams of the model (timesteps, noise), so the
+  resumed run is the run that would have happened without the crash. It is Keras'
+  `keras.callbacks.BackupAndRestore` with the same arguments, made safe: a process killed
+  at any instant, even while writing a backup, leaves the previous backup complete, and a
+  run whose loss turns NaN (stopped by `keras.callbacks.TerminateOnNaN`) keeps its last
+  finite backup to resume from (see docs/reliability.md).
 """
 
 LEARNING_RATE = 1e-3 if FAST else 5e-4
@@ -246,7 +250,7 @@ class SimulatedCrash(keras.callbacks.Callback):
 base = build_base()
 print(f"base stage: {base.unet.count_params():,} parameters")
 callbacks = [
-    keras.callbacks.BackupAndRestore(str(WORKDIR / "backup" / "base")),
+    BackupAndRestore(str(WORKDIR / "backup" / "base")),
     keras.callbacks.ModelCheckpoint(str(WORKDIR / "checkpoints" / "base_{epoch:03d}.weights.h5"),
                                     save_weights_only=True),
     SampleGrid(WORKDIR / "grids" / "base_{epoch:03d}.png", labels=LABELS, num_images=N, seed=0,
@@ -262,8 +266,11 @@ The run stopped halfway. In real life the process is gone; what is left is the b
 folder. To resume, run *the same code again*: build the model, compile it and call `fit`
 with the same `BackupAndRestore` folder. It restores the weights, the optimizer and the
 epoch counter and continues with the next epoch (the log starts at epoch
-`BASE_EPOCHS // 2 + 1`). For an exact continuation the data order must be reproducible,
-which the seeded `from_image_folder` pipeline is.
+`BASE_EPOCHS // 2 + 1`). For an exact continuation each epoch must see the same batches as
+in the uninterrupted run, as with `shuffle=False`. A pipeline that shuffles anew every
+epoch (`shuffle=True`, the default, used here) draws its shuffles in sequence, and a
+resumed `fit` does not take up that sequence where the crashed one stopped: the resumed
+run is then a faithful continuation, not a bit-exact one.
 """
 
 base = build_base()  # a fresh model, as after a restart
