@@ -11,7 +11,7 @@ Three class-conditional stages, the paper's structure at toy scale:
     python scripts/train_cdm_mnist32.py --stages sr32 --no-blur --workdir runs/noblur
 
 Seeded and resumable: every stage checkpoints each epoch into --workdir
-(keras.callbacks.BackupAndRestore) and a finished stage is saved as a stage
+(keras_cdm.callbacks.BackupAndRestore: safe against a kill at any instant) and a finished stage is saved as a stage
 preset there and skipped on the next run; rerun the same command after an
 interruption. The cascade preset is written (atomically) to --out at the end.
 Stages are independent (the upsamplers train on real digits), so they can run
@@ -28,6 +28,7 @@ import keras
 
 from keras_cdm import (BlurConditioningAugmentation, CascadedDiffusionPipeline, DiffusionModel, DiffusionUNet,
                        GaussianConditioningAugmentation, GaussianDiffusion)
+from keras_cdm.callbacks import BackupAndRestore
 from keras_cdm.data import from_arrays, mnist_subset
 
 STAGES = ("base", "sr16", "sr32")
@@ -81,7 +82,7 @@ def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2, ema_warm
     start = time.time()
     log = Path(workdir) / f"{name}.csv"
     model.fit(data, epochs=epochs, verbose=verbose, callbacks=[
-        keras.callbacks.BackupAndRestore(str(Path(workdir) / "backup" / name)),
+        BackupAndRestore(str(Path(workdir) / "backup" / name)),
         keras.callbacks.CSVLogger(str(log), append=True),
     ])
     model.save_to_preset(done, overwrite=True, description=f"cdm_mnist32 stage {name}")
