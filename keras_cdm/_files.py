@@ -212,7 +212,12 @@ def _siblings(folder, kind):
 
 
 def _writer_alive(path):
-    pid = int(_SIBLING.fullmatch(path.name)["pid"])
+    return process_alive(int(_SIBLING.fullmatch(path.name)["pid"]))
+
+
+def process_alive(pid):
+    """Whether a process with this pid runs (this one included); a pid that is not ours
+    to judge (another user's, out of range) counts as alive, so its files are left alone."""
     if pid == os.getpid():
         return True
     try:
@@ -220,7 +225,7 @@ def _writer_alive(path):
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, OSError):
-        return True  # another user's process, or not ours to judge: leave it
+        return True
     return True
 
 

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_cdm._files import process_alive
 from keras_cdm._validation import check_bool, check_positive_int, is_int, shown
 from keras_cdm.images import from_uint8, to_uint8
 from keras_cdm.sampling import check_settings
@@ -500,12 +501,4 @@ def _remove(path):
 
 def _alive_elsewhere(pid):
     """Whether another live process has this pid (its temporary files may be in use)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    return pid != os.getpid() and process_alive(pid)

@@ -21,6 +21,7 @@ settings, which `save_to_preset` saves with the cascade.
 
 import dataclasses
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,22 +59,32 @@ class StepBudgetResult:
     reference: dict
     skipped: dict
     settings: list = dataclasses.field(repr=False, default_factory=list)
+    guards: dict = dataclasses.field(default_factory=dict)
 
     @property
     def best(self):
-        """The best measured split within the budget (a row of `cascades`)."""
-        return self.cascades.best
+        """The best measured split within the budget (a row of `cascades`) among those that
+        meet the guards; None when none does."""
+        rows = [r for r in self.cascades.rows if r.get("meets_guards", True)]
+        if not rows:
+            return None
+        pick = min if self.cascades.lower_is_better else max
+        return pick(rows, key=lambda row: row[self.cascades.metric])
 
     @property
     def best_settings(self):
-        """The sampling settings (one dict per stage) of `best`."""
-        return self.settings[self.cascades.rows.index(self.best)]
+        """The sampling settings (one dict per stage) of `best` (None without one)."""
+        return None if self.best is None else self.settings[self.cascades.rows.index(self.best)]
 
     def table(self):
         lines = [self.stages[name].table() for name in self.stages]
         lines.append(self.cascades.table())
         ref = self.reference
         lines.append("reference (current settings): " + "  ".join(f"{k}={_format(v)}" for k, v in ref.items()))
+        if self.guards:
+            best = self.best
+            lines.append(f"best meeting the guards {self.guards}: " + (
+                "none" if best is None else "  ".join(f"{k}={_format(v)}" for k, v in best.items())))
         return "\n\n".join(lines)
 
     def plot(self, path):
@@ -109,8 +120,9 @@ class StepBudgetResult:
         rows = self.cascades.rows
         axis.scatter([r["nfe"] for r in rows], [r[metric] for r in rows], label="splits measured")
         best = self.best
-        axis.scatter([best["nfe"]], [best[metric]], marker="o", s=120, facecolors="none", edgecolors="r",
-                     label="best")
+        if best is not None:
+            axis.scatter([best["nfe"]], [best[metric]], marker="o", s=120, facecolors="none", edgecolors="r",
+                         label="best")
         axis.plot(self.reference["nfe"], self.reference[metric], marker="*", markersize=12, color="k",
                   linestyle="none", label="current settings")
         axis.axvline(self.budget, linestyle="--", color="grey", label=f"budget {self.budget}")
@@ -127,8 +139,8 @@ class StepBudgetResult:
 
 def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("ancestral", "ddim", "dpm++2m",
                        "dpm++2m-sde"), step_counts=(5, 10, 20), spacings=None, candidates=None, max_cascades=4,
-                       intermediates=None, metric="fid", lower_is_better=True, batch_size=16, plot_path=None,
-                       apply_best=False, verbose=True):
+                       intermediates=None, metric="fid", lower_is_better=True, guards=None, guard_tolerance=0.0,
+                       stage_rows=None, batch_size=16, plot_path=None, apply_best=False, verbose=True):
     """Finds the split of `budget` network evaluations per image across the stages.
 
     Args:
@@ -152,6 +164,17 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
         intermediates: the per-stage samples of `labels` at the current settings (from
             `pipeline.generate(..., return_intermediates=True)`; no truncated stage), to
             skip generating them again.
+        guards: other scores a split must not make worse than the current settings, as
+            {score name: "higher" or "lower" (which is better)}, e.g. `{"recognition":
+            "higher"}`: the best split is the best by `metric` among those no worse on
+            every guard (None when none is). In the ranking of phase 2, candidates worse
+            than their stage's current setting on a guard come after all others.
+        guard_tolerance: relative slack of the guards (0.01: up to 1 % worse still counts
+            as no worse), for scores whose sampling noise is known.
+        stage_rows: `{stage name: rows}` of an earlier search of the same pipeline,
+            labels and seed (`{name: r.rows for name, r in result.stages.items()}`, JSON
+            safe): candidates found there are not sampled again, so another budget or
+            other guards cost only phase 2.
         plot_path: where to save the plot (PNG).
         apply_best: write the best split into the pipeline's sampling settings.
 
@@ -160,6 +183,8 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
     budget = check_positive_int("budget", budget)
     max_cascades = check_positive_int("max_cascades", max_cascades)
     names = pipeline.stage_names
+    guards = _check_guards(guards, guard_tolerance)
+    known = _check_stage_rows(stage_rows, names)
     evaluators = _check_evaluate(evaluate, names)
     per_stage = _candidates(pipeline, candidates, samplers, step_counts, spacings)
     # Each candidate is checked against the cascade (its process, the truncation of the next stage) and priced.
@@ -189,6 +214,10 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
         head = CascadedDiffusionPipeline(pipeline.stages[: scored_at + 1], _untruncated(pipeline)[: scored_at + 1])
         rows = []
         for index, (candidate, nfe) in enumerate(feasible[name]):
+            previous = known.get(name, {}).get(_label(candidate))
+            if previous is not None and index > 0:  # measured by an earlier search
+                rows.append({**previous, "nfe": nfe, "current": False})
+                continue
             if index == 0:  # the current setting: the reference samples are its samples
                 images = to_uint8(reference_samples[names[scored_at]])
             else:
@@ -202,8 +231,12 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
                                     ["sampler", "num_steps", "nfe", "current"], rows, metric, lower_is_better)
         stages[name].scored_at = names[scored_at]
 
+    missing = sorted({g for result in stages.values() for row in result.rows for g in guards if g not in row})
+    if missing:
+        raise ValueError(f"`evaluate` must return the guarded scores {missing}. Received: guards={guards!r}")
+
     # Phase 2: the best-ranked splits within the budget, sampled end to end.
-    ranked = _rank(stages, feasible, budget, lower_is_better, metric)
+    ranked = _rank(stages, feasible, budget, lower_is_better, metric, guards, guard_tolerance)
     last = evaluators[names[-1]]
     reference_images = to_uint8(reference_samples[names[-1]]) if not any(p.truncated for p in pipeline.plans) \
         else pipeline.generate(labels=labels, seed=seed, batch_size=batch_size, verbose=False)
@@ -216,17 +249,22 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
         images = _sample_split(trial, split, labels, seed, batch_size, cache)
         rows.append({**{name: _label(c) for name, (c, _) in zip(names, split)},
                      "nfe": sum(n for _, n in split), **_scores(last, images, metric)})
+        if guards:
+            rows[-1]["meets_guards"] = not _violations(rows[-1], reference, guards, guard_tolerance)
         settings.append(trial.sampling)
         if verbose:
             print("cascade: " + "  ".join(f"{m}={_format(v)}" for m, v in rows[-1].items()))
     cascades = SearchResult(f"Splits of {budget} network evaluations per image ({len(labels)} samples)",
                             names + ["nfe"], rows, metric, lower_is_better)
-    result = StepBudgetResult(budget, stages, cascades, reference, skipped, settings)
+    result = StepBudgetResult(budget, stages, cascades, reference, skipped, settings, guards)
     if verbose:
         print(result.table())
     if plot_path is not None:
         result.plot(plot_path)
-    if apply_best:
+    if apply_best and result.best is None:
+        warnings.warn(f"No split met the guards {guards}: the pipeline's settings are left as they were.",
+                      stacklevel=2)
+    elif apply_best:
         for k, chosen in enumerate(result.best_settings):  # each step is a split whose candidates were checked
             pipeline.set_sampling(k, **chosen)
     return result
@@ -336,14 +374,17 @@ def _sample(head, labels, seed, batch_size, k, reference_samples):
                          verbose=False)
 
 
-def _rank(stages, feasible, budget, lower_is_better, metric):
-    """The splits within `budget`, best first by the sum of their stages' relative losses
-    in phase 1 (then fewer NFE)."""
+def _rank(stages, feasible, budget, lower_is_better, metric, guards, tolerance):
+    """The splits within `budget`, best first: fewest candidates worse than their stage's
+    current setting on a guard, then the smallest sum of the stages' relative losses in
+    phase 1, then the fewest NFE."""
     losses = []
     for name, result in stages.items():
         scores = np.array([row[metric] for row in result.rows], dtype=np.float64)
         best = scores.min() if lower_is_better else scores.max()
-        losses.append(np.abs(scores - best) / max(abs(best), 1e-12))
+        current = next(row for row in result.rows if row["current"])
+        violations = np.array([_violations(row, current, guards, tolerance) for row in result.rows])
+        losses.append(violations * 1e9 + np.abs(scores - best) / max(abs(best), 1e-12))
     options = [list(zip(feasible[name], loss)) for name, loss in zip(stages, losses)]
     count = int(np.prod([len(o) for o in options], dtype=np.float64))
     if count > _MAX_COMBINATIONS:
@@ -355,6 +396,40 @@ def _rank(stages, feasible, budget, lower_is_better, metric):
             splits.append((sum(loss for _, loss in combination), nfe, [c for c, _ in combination]))
     splits.sort(key=lambda s: (s[0], s[1]))
     return [split for _, _, split in splits]
+
+
+def _violations(row, reference, guards, tolerance):
+    """How many guards `row` is worse on than `reference`, beyond the relative tolerance."""
+    count = 0
+    for name, better in guards.items():
+        slack = tolerance * abs(reference[name])
+        count += row[name] < reference[name] - slack if better == "higher" else row[name] > reference[name] + slack
+    return int(count)
+
+
+def _check_guards(guards, tolerance):
+    if guards is None:
+        guards = {}
+    if not isinstance(guards, dict) or any(not isinstance(k, str) or v not in ("higher", "lower")
+                                           for k, v in guards.items()):
+        raise ValueError('`guards` must be None or a dict from score names to "higher" or "lower". '
+                         f"Received: guards={guards!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+        raise ValueError(f"`guard_tolerance` must be a number in [0, 1). Received: guard_tolerance={tolerance!r}")
+    return dict(guards)
+
+
+def _check_stage_rows(stage_rows, names):
+    """{stage name: {candidate label: row}} of an earlier search."""
+    if stage_rows is None:
+        return {}
+    if not isinstance(stage_rows, dict) or not set(stage_rows) <= set(names) or not all(
+            isinstance(rows, (list, tuple)) and all(isinstance(r, dict) and {"sampler", "num_steps"} <= set(r)
+                                                    for r in rows) for rows in stage_rows.values()):
+        raise ValueError(f"`stage_rows` must be a dict from stage names {names} to the rows of an earlier search "
+                         f"(dicts with 'sampler' and 'num_steps'). Received: {stage_rows!r}")
+    return {name: {_label({"sampler": r["sampler"], "num_steps": r["num_steps"]}): dict(r) for r in rows}
+            for name, rows in stage_rows.items()}
 
 
 def _sample_split(trial, split, labels, seed, batch_size, cache):

@@ -323,13 +323,19 @@ def part_budget(ctx):
         return evaluate
 
     pipeline = CascadedDiffusionPipeline(ctx.pipeline.stages, ctx.pipeline.sampling)
+    guards = dict(g.split(":") for g in ctx.args.budget_guards)
+    key = f"budget_{ctx.args.budget}" + "".join(f"_{g}" for g in guards)
+    earlier = json.loads(ctx.results_path.read_text()) if ctx.results_path.exists() else {}
+    stage_rows = next((v["stages"] for k, v in earlier.items() if k.startswith("budget_")
+                       and v.get("samples") == n), None)  # phase 1 does not depend on the budget or the guards
     start = time.time()
     result = search_step_budget(pipeline, ctx.args.budget, {name: judge(sizes[name]) for name in names}, labels,
                                 seed=ctx.args.seed, step_counts=tuple(ctx.args.budget_step_counts),
                                 max_cascades=ctx.args.budget_cascades,
                                 intermediates={name: steps[name][:n] for name in names}, batch_size=250,
-                                plot_path=ctx.out / f"step_budget_{ctx.args.budget}.png")
-    ctx.save({f"budget_{ctx.args.budget}": {
+                                guards=guards, guard_tolerance=ctx.args.budget_tolerance, stage_rows=stage_rows,
+                                plot_path=ctx.out / f"{key.replace('budget', 'step_budget')}.png")
+    ctx.save({key: {"guards": guards, "guard_tolerance": ctx.args.budget_tolerance,
         "samples": n, "seconds": round(time.time() - start, 1), "reference": result.reference,
         "stages": {name: r.rows for name, r in result.stages.items()}, "cascades": result.cascades.rows,
         "best": result.best, "best_settings": result.best_settings,
@@ -379,6 +385,9 @@ def main(argv=None):
     parser.add_argument("--budget-samples", type=int, default=5000)
     parser.add_argument("--budget-step-counts", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--budget-cascades", type=int, default=4, help="splits sampled end to end")
+    parser.add_argument("--budget-guards", nargs="*", default=[], metavar="SCORE:higher|lower",
+                        help="scores the best split must not make worse than the preset's settings")
+    parser.add_argument("--budget-tolerance", type=float, default=0.0, help="relative slack of the guards")
     args = parser.parse_args(argv)
     ctx = Context(args)
     for part in args.only:

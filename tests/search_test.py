@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from keras_cdm.search import search_augmentation_level, search_noise_schedule
-from keras_cdm.testing import tiny_cascade
+from keras_cdm.testing import RecordingEvaluate as Recorder, tiny_cascade
 
 # Backend-independent logic (the pipeline itself is tested on both backends): run once.
 pytestmark = pytest.mark.backend_neutral
@@ -18,17 +18,6 @@ LABELS = [0, 1, 2]
 @pytest.fixture(scope="module")
 def cascade():
     return tiny_cascade()
-
-
-class Recorder:
-    """An `evaluate` that remembers what it scored; the score is a plain function of the images."""
-
-    def __init__(self):
-        self.seen = []
-
-    def __call__(self, images):
-        self.seen.append(images)
-        return {"fid": float(np.abs(images.astype(float) - 128).mean()), "brightness": float(images.mean())}
 
 
 def _fresh(cascade):

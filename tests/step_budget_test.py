@@ -13,7 +13,7 @@ from PIL import Image
 
 from keras_cdm import CascadedDiffusionPipeline
 from keras_cdm.step_budget import search_step_budget
-from keras_cdm.testing import tiny_cascade
+from keras_cdm.testing import RecordingEvaluate as Recorder, tiny_cascade
 
 pytestmark = pytest.mark.backend_neutral
 
@@ -23,17 +23,6 @@ LABELS = [0, 1, 2]
 @pytest.fixture(scope="module")
 def cascade():
     return tiny_cascade()
-
-
-class Recorder:
-    """An `evaluate` that remembers what it scored; the score is a plain function of the images."""
-
-    def __init__(self):
-        self.seen = []
-
-    def __call__(self, images):
-        self.seen.append(images)
-        return {"fid": float(np.abs(images.astype(float) - 128).mean()), "mean": float(images.mean())}
 
 
 def _fresh(cascade, sampling=None):
@@ -168,3 +157,63 @@ def test_bad_arguments_are_refused_before_sampling(cascade, kwargs, message):
     with pytest.raises(ValueError, match=message):
         search_step_budget(_fresh(cascade, _untruncated(cascade)), labels=LABELS, verbose=False, **arguments)
     assert evaluate.seen == []
+
+
+def test_guards_pick_the_best_split_no_worse_than_the_current_settings(cascade):
+    pipeline = _fresh(cascade, _untruncated(cascade))
+    kwargs = dict(budget=12, labels=LABELS, seed=1, samplers=("ddim", "dpm++2m-sde"), step_counts=(2, 4),
+                  max_cascades=4, verbose=False)
+    free = search_step_budget(pipeline, evaluate=Recorder(), **kwargs)
+    evaluate = Recorder()
+    guarded = search_step_budget(pipeline, evaluate=evaluate, guards={"mean": "higher"},
+                                 stage_rows={n: r.rows for n, r in free.stages.items()}, **kwargs)
+    # Phase 1 came from the earlier rows: only the reference samples (as each stage's current row and as the
+    # cascade's reference) and the splits were scored, nothing else sampled.
+    assert len(evaluate.seen) == 3 + 1 + len(guarded.cascades.rows)
+    assert {n: r.rows for n, r in guarded.stages.items()} == {n: r.rows for n, r in free.stages.items()}
+    reference = guarded.reference
+    for row in guarded.cascades.rows:
+        assert row["meets_guards"] == (row["mean"] >= reference["mean"])
+    passing = [r for r in guarded.cascades.rows if r["meets_guards"]]
+    assert guarded.best is (min(passing, key=lambda r: r["fid"]) if passing else None)
+    # Ranking: splits whose stages are no worse than their current setting on the guard come first.
+    current = {n: next(r for r in rows.rows if r["current"]) for n, rows in guarded.stages.items()}
+
+    def violations(split_row):
+        count = 0
+        for name in pipeline.stage_names:
+            row = next(r for r in guarded.stages[name].rows if f"{r['sampler']} {r['num_steps']}" == split_row[name])
+            count += row["mean"] < current[name]["mean"]
+        return count
+
+    counts = [violations(row) for row in guarded.cascades.rows]
+    assert counts == sorted(counts)
+
+
+def test_a_guard_nobody_meets_leaves_the_settings_and_warns(cascade):
+    pipeline = _fresh(cascade, _untruncated(cascade))
+    before, calls = pipeline.sampling, []
+
+    def evaluate(images):  # "falling" falls with every call: the splits, scored after the reference, are worse
+        calls.append(1)
+        return {"fid": float(images.mean()), "falling": -float(len(calls))}
+
+    with pytest.warns(UserWarning, match="No split met the guards"):
+        result = search_step_budget(pipeline, 12, evaluate, LABELS, samplers=("ddim",), step_counts=(2,),
+                                    guards={"falling": "higher"}, max_cascades=2, apply_best=True, verbose=False)
+    assert result.best is None and result.best_settings is None
+    assert [row["meets_guards"] for row in result.cascades.rows] == [False, False]
+    assert pipeline.sampling == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"guards": {"recognition": "up"}}, "guards"),
+    ({"guards": ["fid"]}, "guards"),
+    ({"guard_tolerance": 1.5}, "guard_tolerance"),
+    ({"stage_rows": {"base": [{"fid": 1.0}]}}, "stage_rows"),
+    ({"guards": {"absent": "higher"}}, "guarded scores"),
+])
+def test_bad_guards_and_stage_rows_are_refused(cascade, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        search_step_budget(_fresh(cascade, _untruncated(cascade)), 20, Recorder(), LABELS, samplers=("ddim",),
+                           step_counts=(2,), verbose=False, **kwargs)
