@@ -6,12 +6,14 @@ import keras
 def compile_function(fn):
     """`tf.function` (graph, no XLA: slower on CPU) under TensorFlow, `jax.jit`
     under JAX; the function itself elsewhere. Python values it closes over stay
-    static; tensor arguments (images, seeds) are traced."""
+    static; tensor arguments (images, seeds) are traced. Loops are `ops.fori_loop`, so
+    TensorFlow's AutoGraph has nothing to convert: it is off (it failed on the sampler's
+    closures, printed a warning, and cost about 1.2 s of the first `make demo` call)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, jit_compile=False, reduce_retracing=True)
+        return tf.function(fn, jit_compile=False, reduce_retracing=True, autograph=False)
     if backend == "jax":
         import jax
 

@@ -34,6 +34,7 @@ Parts (each merges its numbers into <out>/results.json and prints a Markdown tab
 import argparse
 import json
 import time
+import zlib
 from pathlib import Path
 
 import keras
@@ -113,10 +114,11 @@ class Context:
     def samples(self):
         """The --num-samples cascade samples (balanced labels) and every stage's output
         ({stage name: images}, floats in [-1, 1]), generated once and kept while the
-        preset's weights, the seed and the count stay the same."""
+        preset's weights and sampling settings, the seed and the count stay the same."""
         path, names = self.out / "samples.npz", self.pipeline.stage_names
         fingerprint = np.array([float(sum(np.abs(keras.ops.convert_to_numpy(w)).sum() for w in stage.weights))
-                                for stage in self.pipeline.stages] + [self.args.seed, self.args.num_samples])
+                                for stage in self.pipeline.stages] + [self.args.seed, self.args.num_samples] + [
+                                zlib.crc32(json.dumps(self.pipeline.sampling, sort_keys=True).encode())])
         if not path.exists() or not np.array_equal(np.load(path).get("fingerprint"), fingerprint):
             labels = np.arange(self.args.num_samples) % 10
             start = time.time()
@@ -324,13 +326,16 @@ def part_budget(ctx):
 
     pipeline = CascadedDiffusionPipeline(ctx.pipeline.stages, ctx.pipeline.sampling)
     guards = dict(g.split(":") for g in ctx.args.budget_guards)
-    key = f"budget_{ctx.args.budget}" + "".join(f"_{g}" for g in guards)
+    key = f"budget_{ctx.args.budget}" + "".join(f"_{g}" for g in guards) + (
+        f"_{ctx.args.budget_tag}" if ctx.args.budget_tag else "")
     earlier = json.loads(ctx.results_path.read_text()) if ctx.results_path.exists() else {}
     stage_rows = next((v["stages"] for k, v in earlier.items() if k.startswith("budget_")
                        and v.get("samples") == n), None)  # phase 1 does not depend on the budget or the guards
     start = time.time()
     result = search_step_budget(pipeline, ctx.args.budget, {name: judge(sizes[name]) for name in names}, labels,
                                 seed=ctx.args.seed, step_counts=tuple(ctx.args.budget_step_counts),
+                                candidates=json.loads(ctx.args.budget_candidates) if ctx.args.budget_candidates
+                                else None,
                                 max_cascades=ctx.args.budget_cascades,
                                 intermediates={name: steps[name][:n] for name in names}, batch_size=250,
                                 guards=guards, guard_tolerance=ctx.args.budget_tolerance, stage_rows=stage_rows,
@@ -388,6 +393,8 @@ def main(argv=None):
     parser.add_argument("--budget-guards", nargs="*", default=[], metavar="SCORE:higher|lower",
                         help="scores the best split must not make worse than the preset's settings")
     parser.add_argument("--budget-tolerance", type=float, default=0.0, help="relative slack of the guards")
+    parser.add_argument("--budget-candidates", help="JSON: {stage: [sampling settings]} instead of the grid")
+    parser.add_argument("--budget-tag", help="suffix of the result's key and plot (several runs of one budget)")
     args = parser.parse_args(argv)
     ctx = Context(args)
     for part in args.only:
