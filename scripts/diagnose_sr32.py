@@ -70,10 +70,10 @@ def main():
     shipped = pipeline.sampling[2]["noise_schedule"]
     if not args.skip_samples:
         for steps, beta_end in ((4, 0.9), (100, 0.05)):
-            pipeline.set_sampling("sr32", noise_schedule={**shipped, "num_timesteps": steps, "beta_end": beta_end})
+            pipeline.set_sampling("sr32", noise_schedule={**shipped, "num_timesteps": steps, "beta_end": beta_end}, num_steps=None)
             images = pipeline.generate(labels=labels, seed=123, batch_size=100, verbose=False)
             results[f"cascade_32_steps{steps}"] = dict(zip(("near_black", "dark_mean"), background(images)))
-        pipeline.set_sampling("sr32", noise_schedule=shipped)
+        pipeline.set_sampling("sr32", noise_schedule=shipped, num_steps=None)
     candidates = [("shipped_ema", None)] + [tuple(w.split("=", 1)) for w in args.weights]
     for name, path in candidates:
         if path is not None:
