@@ -191,16 +191,21 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
     feasible, skipped = {}, {}
     for k, name in enumerate(names):
         feasible[name], skipped[name] = [], []
+        seen = set()
         for candidate in [_current(pipeline, k)] + per_stage[name]:
             try:
-                nfe = _trial(pipeline, {k: candidate}).plans[k].num_network_evaluations
+                plan = _trial(pipeline, {k: candidate}).plans[k]
             except ValueError as error:
                 skipped[name].append((candidate, str(error)))
                 if verbose:
                     print(f"{name}: skipped {_label(candidate)}: {error}")
                 continue
-            if all(_label(c) != _label(candidate) for c, _ in feasible[name]):
-                feasible[name].append((candidate, nfe))
+            # One row per distinct sampling: "logsnr10" of a 10-step process is all of its steps.
+            same = (plan.sampler, plan.process.timestep_map.tobytes(), plan.eta, plan.clip_denoised,
+                    repr(plan.noise_schedule), plan.stop_step)
+            if same not in seen:
+                seen.add(same)
+                feasible[name].append((candidate, plan.num_network_evaluations))
     floor = sum(min(nfe for _, nfe in feasible[name]) for name in names)
     if floor > budget:
         raise ValueError(f"No split of the candidates fits a budget of {budget} network evaluations per image: the "

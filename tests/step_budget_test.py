@@ -217,3 +217,16 @@ def test_bad_guards_and_stage_rows_are_refused(cascade, kwargs, message):
     with pytest.raises(ValueError, match=message):
         search_step_budget(_fresh(cascade, _untruncated(cascade)), 20, Recorder(), LABELS, samplers=("ddim",),
                            step_counts=(2,), verbose=False, **kwargs)
+
+
+def test_candidates_that_sample_the_same_steps_are_measured_once(cascade):
+    pipeline = _fresh(cascade, _untruncated(cascade))  # sr32: 5 steps of its 25-step inference schedule
+    pipeline.set_sampling("sr32", num_steps=None, noise_schedule={"schedule": "linear", "num_timesteps": 4,
+                                                                   "beta_start": 1e-4, "beta_end": 0.5})
+    result = search_step_budget(pipeline, 40, Recorder(), LABELS, samplers=("ancestral",), step_counts=(4, 10),
+                                max_cascades=1, verbose=False)
+    # "4" of a 4-step schedule is the current setting (all its steps): one row, the current one.
+    assert [(r["num_steps"], r["current"]) for r in result.stages["sr32"].rows] == [(None, True)]
+    assert [c["num_steps"] for c, _ in result.skipped["sr32"]] == [10]
+    assert [(r["num_steps"], r["current"]) for r in result.stages["base"].rows] == [
+        (None, True), (4, False)]  # 10 of a 10-step process = all steps = the current one
