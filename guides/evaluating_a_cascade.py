@@ -63,8 +63,9 @@ NUM_SAMPLES = 20 if FAST else 500  # the paper uses 50,000; see "How many sample
 ## The cascade and the real digits
 
 `from_preset("cdm_mnist32")` loads the three stages with their EMA weights and the
-sampling settings they were shipped with: 50 steps for the base stage and the first
-upsampler, and a 25-step inference noise schedule for the last one.
+sampling settings they were shipped with, 40 network evaluations per image: 20 ancestral
+steps for the base stage, 10 DPM-Solver++ (SDE) steps for each upsampler (the last one's
+over its 25-step inference noise schedule), the split the step-budget search below chose.
 
 `data.mnist_subset` gives the digits the cascade was trained on (`"train"`, 4,500) and
 the 500 it never saw (`"heldout"`, 50 per class), as uint8 32x32 greyscale arrays.
@@ -316,6 +317,49 @@ The fewer the steps, the larger the best `beta_end`: a short schedule needs big 
 reach pure noise. Unlike the paper's 64->256 model, which was as good at 100 steps as at
 many more, this small stage keeps improving up to 100 steps; the preset ships 25 steps,
 8 % worse than 100 for a quarter of the time.
+
+## A sampler and a step budget for the whole cascade
+
+Every step of every stage costs one network evaluation (NFE) per image, and the stages
+neither cost the same nor need the same number of steps. `step_budget.search_step_budget`
+finds the split of a total budget: it first measures each stage's candidates (samplers,
+step spacings, step counts) with the other stages at their current settings, then samples
+the best-ranked combinations within the budget end to end. `evaluate` may return several
+scores: `metric` picks the winner, and `guards` names scores the winner must not make worse
+than the current settings. Here the FID, the share of samples recognised as their digit
+(a precision-like score: few-step samplers can raise FID and lose it) and the pixel
+histogram distance to real digits (which sees grain that features miss).
+"""
+
+from keras_cdm import step_budget
+
+num_budget = NUM_SAMPLES if FAST else 200
+budget_labels = sample_labels[:num_budget]
+real32 = from_uint8(train_images)
+
+
+def judge32(images):
+    recognised = np.mean(np.argmax(extractor(images)["logits"], axis=1) == budget_labels)
+    return {**evaluate32(images), "recognition": float(recognised),
+            "histogram_tv": evaluation.histogram_distance(images, real32)}
+
+
+budget_result = step_budget.search_step_budget(
+    pipeline, budget=30 if FAST else 40, evaluate=judge32, labels=budget_labels, seed=0,
+    samplers=("ancestral", "dpm++2m-sde") if FAST else ("ancestral", "dpm++2m", "dpm++2m-sde"),
+    step_counts=(5,) if FAST else (5, 10, 20), guards={"recognition": "higher"}, max_cascades=2 if FAST else 3,
+    batch_size=250, plot_path="evaluating_a_cascade_budget.png", verbose=False)
+print(budget_result.cascades.table())
+print("reference:", budget_result.reference)
+print("best within the guards:", budget_result.best)
+
+"""
+Without a dict of per-stage `evaluate` callables (one per image size, as
+`scripts/evaluate_cdm_mnist32.py` passes), every candidate is scored at the cascade's
+output. `apply_best=True` writes the winner into the pipeline; `save_to_preset` keeps it.
+The preset's own settings came from this search at full scale (5,000 samples, 40 NFE,
+`docs/sampling.md`): the per-stage curves there show DPM-Solver++ needing about 10 steps,
+and the 16->32 stage needing a stochastic sampler.
 
 ## How many samples
 
