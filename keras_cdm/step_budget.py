@@ -51,6 +51,7 @@ class StepBudgetResult:
             num_steps" cell per stage, nfe, scores); its `best` is the answer.
         reference: the row of the current settings (scored end to end too).
         skipped: {stage name: [(candidate, reason)]} for candidates the stage cannot sample.
+        scored_at: {stage name: the stage whose `evaluate` scored its phase-1 rows}.
     """
 
     budget: int
@@ -60,6 +61,7 @@ class StepBudgetResult:
     skipped: dict
     settings: list = dataclasses.field(repr=False, default_factory=list)
     guards: dict = dataclasses.field(default_factory=dict)
+    scored_at: dict = dataclasses.field(default_factory=dict)
 
     @property
     def best(self):
@@ -113,7 +115,7 @@ class StepBudgetResult:
                               label="current")
             axis.set_title(f"{name}: {result.title.split(' (')[1].rstrip(')')}", fontsize=8)
             axis.set_xlabel(f"network evaluations of {name}")
-            axis.set_ylabel(f"{metric} ({result.scored_at})")
+            axis.set_ylabel(f"{metric} ({self.scored_at.get(name, name)})")
             axis.set_xscale("log")
             axis.legend(fontsize=6)
         axis = axes[0][-1]
@@ -213,7 +215,7 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
     reference_samples = _reference(pipeline, labels, seed, batch_size, intermediates)
 
     # Phase 1: each stage's candidates, the other stages at their current settings.
-    stages = {}
+    stages, scored = {}, {}
     for k, name in enumerate(names):
         scored_at = next(j for j in range(k, len(names)) if names[j] in evaluators)
         head = CascadedDiffusionPipeline(pipeline.stages[: scored_at + 1], _untruncated(pipeline)[: scored_at + 1])
@@ -234,7 +236,7 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
                 print(f"{name}: " + "  ".join(f"{m}={_format(v)}" for m, v in rows[-1].items()))
         stages[name] = SearchResult(f"Steps of {name} (scored at {names[scored_at]}, {len(labels)} samples)",
                                     ["sampler", "num_steps", "nfe", "current"], rows, metric, lower_is_better)
-        stages[name].scored_at = names[scored_at]
+        scored[name] = names[scored_at]
 
     missing = sorted({g for result in stages.values() for row in result.rows for g in guards if g not in row})
     if missing:
@@ -261,7 +263,7 @@ def search_step_budget(pipeline, budget, evaluate, labels, seed=0, samplers=("an
             print("cascade: " + "  ".join(f"{m}={_format(v)}" for m, v in rows[-1].items()))
     cascades = SearchResult(f"Splits of {budget} network evaluations per image ({len(labels)} samples)",
                             names + ["nfe"], rows, metric, lower_is_better)
-    result = StepBudgetResult(budget, stages, cascades, reference, skipped, settings, guards)
+    result = StepBudgetResult(budget, stages, cascades, reference, skipped, settings, guards, scored)
     if verbose:
         print(result.table())
     if plot_path is not None:

@@ -43,7 +43,7 @@ def test_per_stage_rows_score_the_stage_on_the_reference_samples(cascade, tmp_pa
     # The reference: the current settings sampled once.
     _, steps = pipeline.generate(labels=LABELS, seed=5, return_intermediates=True, output="float")
     # The base stage has no evaluate of its own: it is scored at sr16, with sr16 at its current settings.
-    assert result.stages["base"].scored_at == "sr16" and result.stages["sr32"].scored_at == "sr32"
+    assert result.scored_at == {"base": "sr16", "sr16": "sr16", "sr32": "sr32"}
     base_rows = result.stages["base"].rows
     assert [(r["sampler"], r["num_steps"]) for r in base_rows] == [
         ("ancestral", None), ("ddim", 2), ("ddim", 4), ("dpm++2m", "logsnr2"), ("dpm++2m", "logsnr4")]
