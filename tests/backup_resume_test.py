@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = EPOCHS * IMAGES // BATCH
 TRIALS = int(os.environ.get("CDM_BACKUP_KILL_TRIALS", "2"))
 TIMEOUT = 600
+RANDOM_ATTEMPTS = 5  # draws of a random kill instant before the run counts as not killed
 
 
 def _argv(jobs):
@@ -123,9 +124,15 @@ def run_trials(folder, trials, extra_jobs=(), prepare=None, seed=0, windows=None
         if trial.get("kill_in"):
             code = _kill_inside(dict(trial["job"], kill_in=trial["kill_in"], out=str(folder / "unused.npz")), log)
         else:
+            # A random instant can fall after `fit` ended (the last batch, then a long delay):
+            # that run was not interrupted, so it tests nothing; draw another instant. The
+            # finished run deleted its backup folder, so the next attempt starts afresh.
             window = None if windows is None else windows[trial["job"]["save_freq"]]
-            code, ended = _kill_at_random(dict(trial["job"], out=str(folder / f"{trial['name']}.finished.npz")),
-                                          seed * 100_003 + index, log, window)
+            for attempt in range(RANDOM_ATTEMPTS):
+                code, ended = _kill_at_random(dict(trial["job"], out=str(folder / f"{trial['name']}.finished.npz")),
+                                              (seed * 100_003 + index) * RANDOM_ATTEMPTS + attempt, log, window)
+                if code == -signal.SIGKILL and not ended:
+                    break
         backup = Path(trial["job"]["backup"])
         return dict(trial, returncode=code, killed=code == -signal.SIGKILL and not ended,
                     left=sorted(p.name for p in backup.iterdir()) if backup.is_dir() else [])
