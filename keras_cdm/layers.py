@@ -60,11 +60,18 @@ class GroupNormalization(keras.layers.GroupNormalization):
         x = ops.cast(inputs, "float32")
         spatial = tuple(range(1, rank - 1))
 
-        def group_mean(values):  # (batch, channels) -> (batch, channels), averaged per group
-            grouped = ops.mean(ops.reshape(values, (-1, groups, channels // groups)), axis=-1, keepdims=True)
-            return ops.reshape(ops.repeat(grouped, channels // groups, axis=-1), (-1, channels))
+        size = channels // groups
+        spread = ops.ones((1, 1, size), "float32")
 
-        count = ops.cast(ops.prod(ops.shape(x)[1:-1]), "float32")
+        def group_mean(values):  # (batch, channels) -> (batch, channels), averaged per group
+            grouped = ops.mean(ops.reshape(values, (-1, groups, size)), axis=-1, keepdims=True)
+            # Broadcast back by a product with ones: exact, and a few graph nodes where
+            # `ops.repeat` makes ~28 (tracing the U-Nets' ~60 norms is a good part of the
+            # first sampling call's time).
+            return ops.reshape(grouped * spread, (-1, channels))
+
+        known = all(isinstance(dim, int) for dim in x.shape[1:-1])
+        count = float(math.prod(x.shape[1:-1])) if known else ops.cast(ops.prod(ops.shape(x)[1:-1]), "float32")
         mean = group_mean(ops.mean(x, axis=spatial))
         variance = ops.maximum(group_mean(_sum_of_squares(x) / count) - ops.square(mean), 0.0)
         multiplier = ops.rsqrt(variance + self.epsilon)
