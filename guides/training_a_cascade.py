@@ -266,11 +266,12 @@ The run stopped halfway. In real life the process is gone; what is left is the b
 folder. To resume, run *the same code again*: build the model, compile it and call `fit`
 with the same `BackupAndRestore` folder. It restores the weights, the optimizer and the
 epoch counter and continues with the next epoch (the log starts at epoch
-`BASE_EPOCHS // 2 + 1`). For an exact continuation each epoch must see the same batches as
-in the uninterrupted run, as with `shuffle=False`. A pipeline that shuffles anew every
-epoch (`shuffle=True`, the default, used here) draws its shuffles in sequence, and a
-resumed `fit` does not take up that sequence where the crashed one stopped: the resumed
-run is then a faithful continuation, not a bit-exact one.
+`BASE_EPOCHS // 2 + 1`). The continuation is exact: each epoch sees the batches it would
+have seen in the uninterrupted run, because a `keras_cdm.data` pipeline draws an epoch's
+shuffle and flips from its seed and the epoch number, which `fit` sets at the start of
+each epoch (`data.set_epoch`). A pipeline with a shuffle buffer (`cache=True`, tfds) or
+Keras' own shuffling of arrays starts its sequence of shuffles again in a new process:
+a faithful continuation, not a bit-exact one.
 """
 
 base = build_base()  # a fresh model, as after a restart

@@ -255,6 +255,7 @@ def _cmd_evaluate(args):
 
     from keras_cdm import evaluation
 
+    _check_evaluate_options(args)
     if args.metric in ("fid", "cas") and args.data is None:
         raise ValueError(f"--metric {args.metric} needs --data: a folder of real images or tfds:NAME")
     if args.data is not None:
@@ -300,6 +301,44 @@ def _cmd_evaluate(args):
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     if args.json is not None:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "metric": args.metric, **result}, indent=2))
+
+
+_EVALUATE_OPTIONS = {  # option: (its attribute, the metrics it applies to)
+    "--data": ("data", ("fid", "cas")),
+    "--num-real": ("num_real", ("fid", "cas")),
+    "--cas-epochs": ("cas_epochs", ("cas",)),
+    "--extractor": ("extractor", ("fid", "is")),
+    "--feature-layer": ("feature_layer", ("fid", "is")),
+    "--inception-weights": ("inception_weights", ("fid", "is")),
+    "--allow-download": ("allow_download", ("fid", "is")),
+}
+
+
+def _check_evaluate_options(args):
+    """Refuses an option that would be ignored (it does not apply to the metric, the data or
+    the extractor given), then fills in the defaults of the ones left out."""
+    given = {option: getattr(args, name) for option, (name, _) in _EVALUATE_OPTIONS.items()}
+    given["--allow-download"] = given["--allow-download"] or None
+    for option, (_, metrics) in _EVALUATE_OPTIONS.items():
+        if given[option] is not None and args.metric not in metrics:
+            raise ValueError(f"{option} does not apply to --metric {args.metric} (only to --metric "
+                             f"{' or '.join(metrics)}). Received: {option} {given[option]!r}")
+    tfds_data = args.data is not None and args.data.startswith("tfds:")
+    for option, value in (("--data-dir", args.data_dir), ("--split", args.split)):
+        if value is not None and not tfds_data:
+            raise ValueError(f"{option} applies only to --data tfds:NAME. Received: {option} {value!r} with "
+                             f"--data {args.data!r}")
+    inception = args.extractor in (None, "inception")
+    if args.feature_layer is not None and inception:
+        raise ValueError(f"--feature-layer applies only to a .keras --extractor. Received: --feature-layer "
+                         f"{args.feature_layer!r} with --extractor {args.extractor or 'inception'!r}")
+    for option in ("--inception-weights", "--allow-download"):
+        if given[option] is not None and not inception:
+            raise ValueError(f"{option} applies only to --extractor inception. Received: {option} with "
+                             f"--extractor {args.extractor!r}")
+    args.extractor = args.extractor or "inception"
+    args.split = args.split or "validation"
+    args.cas_epochs = args.cas_epochs or 20
 
 
 def _cmd_upload(args):
@@ -387,18 +426,19 @@ def build_parser():
     evaluate.add_argument("--metric", required=True, choices=["fid", "is", "cas"])
     evaluate.add_argument("--data", help="real images: a folder (one sub-folder per class) or tfds:NAME")
     evaluate.add_argument("--data-dir", help="tfds data_dir")
-    evaluate.add_argument("--split", type=_text, default="validation",
+    evaluate.add_argument("--split", type=_text,
                           help="tfds split of the real images (default validation)")
     evaluate.add_argument("--num-samples", type=_int_in(1, MAX_EVALUATION_SAMPLES), default=50000,
                           help=f"generated samples (default 50000, at most {MAX_EVALUATION_SAMPLES})")
     evaluate.add_argument("--num-real", type=_int_in(1, MAX_EVALUATION_SAMPLES),
                           help="real images (default: as many as samples)")
-    evaluate.add_argument("--extractor", default="inception",
-                          help="'inception' (Inception-v3 pool features) or a .keras classifier (domain FID/IS)")
+    evaluate.add_argument("--extractor",
+                          help="'inception' (Inception-v3 pool features, the default) or a .keras classifier "
+                               "(domain FID/IS)")
     evaluate.add_argument("--feature-layer", type=_text, help="layer of a .keras extractor giving the features")
     evaluate.add_argument("--inception-weights", help="local Inception-v3 weights file (default: the Keras cache)")
     evaluate.add_argument("--allow-download", action="store_true", help="download Inception-v3 weights if missing")
-    evaluate.add_argument("--cas-epochs", type=_int_in(1, MAX_CAS_EPOCHS), default=20,
+    evaluate.add_argument("--cas-epochs", type=_int_in(1, MAX_CAS_EPOCHS),
                           help="classifier epochs for CAS (default 20)")
     evaluate.add_argument("--steps", nargs="+", metavar="N", type=_num_steps, help="sampling steps, as for `sample`")
     evaluate.add_argument("--sampler", nargs="+", metavar="NAME", type=_sampler, help="samplers, as for `sample`")

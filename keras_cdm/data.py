@@ -37,6 +37,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from keras_cdm._data_epochs import register_epoch_counter, set_epoch  # noqa: F401 (set_epoch: public)
 from keras_cdm._validation import (
     as_array,
     check_bool,
@@ -135,52 +136,102 @@ def _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, inte
     """The shared arguments, checked."""
     flags = dict(shuffle=shuffle, random_flip=random_flip, cache=cache, drop_remainder=drop_remainder)
     check_choice("interpolation", interpolation, INTERPOLATIONS)
+    seed = check_generator_seed(seed)
+    if seed is None:  # from TensorFlow's global generator: reproducible after tf.random.set_seed
+        seed = int(tf.random.uniform((), maxval=2**32, dtype=tf.int64))
     return {**{name: check_bool(name, value) for name, value in flags.items()},
-            "seed": check_generator_seed(seed),
+            "seed": seed,
             "batch_size": check_int("batch_size", batch_size, 1, _MAX_BATCH_SIZE)}
 
 
 def _indexed_pipeline(num_examples, load, options):
     """Examples `load(0) ... load(n - 1)`; shuffling permutes the indices (exact and
     cheap) unless the loaded examples are cached, then the cache is shuffled."""
-    indices = tf.data.Dataset.range(num_examples)
     if options["shuffle"] and not options["cache"]:
-        indices = indices.shuffle(num_examples, seed=options["seed"], reshuffle_each_iteration=True)
-    examples = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _batches(examples, options, num_examples, shuffled=not options["cache"])
+        def permuted(epoch):
+            order = tf.random.experimental.stateless_shuffle(tf.range(num_examples, dtype=tf.int64),
+                                                             seed=_epoch_seed(options, epoch, _ORDER))
+            return tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                                                 deterministic=True)
+
+        return _batches(None, options, num_examples, permuted)
+    examples = tf.data.Dataset.range(num_examples).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _batches(examples, options, num_examples)
 
 
-def _batches(examples, options, num_examples, shuffled=False):
-    """cache -> shuffle -> batch -> flips -> prefetch (`num_examples` < 0: unknown)."""
+def _batches(examples, options, num_examples, examples_of_epoch=None):
+    """cache -> shuffle -> batch -> flips -> prefetch (`num_examples` < 0: unknown).
+
+    `examples_of_epoch(epoch)`, when given, makes the examples of an epoch, shuffled
+    (an exact permutation of indices). It and the flips are drawn from (seed, epoch) by
+    stateless ops, the epoch read from the pipeline's epoch counter when each pass
+    begins (see `set_epoch`): the same seed and epoch give the same batches in any
+    process, which makes resumes exact."""
     if options["drop_remainder"] and 0 <= num_examples < options["batch_size"]:
         raise ValueError(
             f"`batch_size` must not exceed the number of examples ({num_examples}) with "
             f"drop_remainder=True, or every batch is dropped. Received: batch_size={options['batch_size']}"
         )
-    if options["cache"]:
+    if examples is not None and options["cache"]:
         examples = examples.cache()
-    if options["shuffle"] and not shuffled:
-        # A cache holds every example: shuffle them all (the buffer shares the cache's tensors).
+    if examples is not None and options["shuffle"]:
+        # A cache holds every example: shuffle them all (the buffer shares the cache's
+        # tensors). A shuffle buffer takes only a Python seed: its order is new at each
+        # pass, reproducible in one process, not drawn from the epoch.
         buffer = num_examples if options["cache"] and num_examples > 0 else _STREAM_SHUFFLE_BUFFER
         examples = examples.shuffle(buffer, seed=options["seed"], reshuffle_each_iteration=True)
-    batches = examples.batch(options["batch_size"], drop_remainder=options["drop_remainder"],
-                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if options["random_flip"]:
-        batches = _random_flips(batches, options["seed"])
-    return batches.prefetch(tf.data.AUTOTUNE)
+
+    def batches_of(epoch):
+        epoch_examples = examples if examples_of_epoch is None else examples_of_epoch(epoch)
+        batches = epoch_examples.batch(options["batch_size"], drop_remainder=options["drop_remainder"],
+                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _random_flips(batches, options, epoch) if options["random_flip"] else batches
+
+    if examples_of_epoch is None and not options["random_flip"]:
+        return batches_of(None).prefetch(tf.data.AUTOTUNE)
+    dataset = _epochs().flat_map(batches_of)
+    if num_examples >= 0:  # flat_map forgets the number of batches; Keras' progress bars use it
+        size = options["batch_size"]
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+            num_examples // size if options["drop_remainder"] else -(-num_examples // size)))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _random_flips(batches, seed):
-    """Per-example left-right flips drawn by stateless ops from a seeded stream
-    that is re-drawn each epoch: deterministic for a seed, new every epoch."""
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+_ORDER, _FLIPS = 0, 1  # the streams of an epoch's randomness
 
-    def flip(batch, pair):
+
+def _epoch_seed(options, epoch, stream):
+    """The stateless seed (int64 pair) of `stream` in `epoch`."""
+    return tf.stack([tf.constant(options["seed"], tf.int64) * 2 + stream, tf.cast(epoch, tf.int64)])
+
+
+def _scalar_seed(pair):
+    """One int64 from a seed pair (the epoch, the second, is below 2**20 by far)."""
+    return pair[0] * 2**20 + pair[1]
+
+
+def _epochs():
+    """A one-element dataset: the pass's epoch, read from a new epoch counter (then
+    advanced, so that passes outside `fit` reshuffle too) when each pass begins."""
+    counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="keras_cdm_data_epoch")
+    register_epoch_counter(counter)
+    dataset = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(lambda _: counter.assign_add(1) - 1)
+    dataset._keras_cdm_epoch_counter = counter  # the counter lives as long as the pipeline
+    return dataset
+
+
+def _random_flips(batches, options, epoch):
+    """Per-example left-right flips drawn by stateless ops from (seed, epoch, batch):
+    deterministic for a seed, new every epoch."""
+    base = _scalar_seed(_epoch_seed(options, epoch, _FLIPS))
+
+    def flip(index, batch):
         images = batch["images"]
-        mask = tf.random.stateless_uniform(tf.shape(images)[:1], seed=pair) < 0.5
+        seed = tf.stack([base, index])
+        mask = tf.random.stateless_uniform(tf.shape(images)[:1], seed=seed) < 0.5
         return {**batch, "images": tf.where(mask[:, None, None, None], tf.reverse(images, axis=[2]), images)}
 
-    return tf.data.Dataset.zip(batches, seeds).map(flip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batches.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _unit_range(images):

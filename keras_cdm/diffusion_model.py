@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_cdm import presets
 from keras_cdm._compile import compile_with_model
+from keras_cdm._data_epochs import set_epoch
 from keras_cdm._validation import (
     as_array,
     check_bool,
@@ -160,8 +161,13 @@ class DiffusionModel(keras.Model):
         Keras' `fit` ends by overwriting the weights with their EMA, so a second
         `fit` call (or any training in chunks) would restart from the EMA. Here
         the EMA stays in the optimizer: `generate()` and `ema_weights()` use it.
+
+        Each epoch begins by setting the epoch of `keras_cdm.data` pipelines
+        (`keras_cdm.data.set_epoch`): their shuffle order and flips are those of the
+        epoch, so a run resumed in a new process trains on the same batches.
         """
         _check_data(self, x)
+        args, kwargs = _with_callback(args, kwargs, _DataEpochs())
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None:
             return super().fit(x, *args, **kwargs)
@@ -505,6 +511,33 @@ def _check_plan(model, plan):
         raise ValueError(f"This plan was not made for stage {model.name!r} (its process is {plan.process!r}, the "
                          f"stage's would be {own.process!r}): make it with `{model.name}.sampling_plan(...)`.")
     return plan
+
+
+class _DataEpochs(keras.callbacks.Callback):
+    """Sets the epoch of `keras_cdm.data` pipelines when each epoch begins (before Keras
+    starts the epoch's pass over the data)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        set_epoch(epoch)
+
+
+_FIT_CALLBACKS_POSITION = 4  # fit(x, y, batch_size, epochs, verbose, callbacks, ...): after x
+
+
+def _with_callback(args, kwargs, callback):
+    """`fit`'s (args, kwargs) with `callback` added to its callbacks, wherever they were passed."""
+    if len(args) > _FIT_CALLBACKS_POSITION:
+        args = list(args)
+        args[_FIT_CALLBACKS_POSITION] = _add_callback(args[_FIT_CALLBACKS_POSITION], callback)
+        return tuple(args), kwargs
+    return args, {**kwargs, "callbacks": _add_callback(kwargs.get("callbacks"), callback)}
+
+
+def _add_callback(callbacks, callback):
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks.append(callback)  # needs no model: CallbackList sets none on it
+        return callbacks
+    return [*(callbacks or ()), callback]
 
 
 def _check_data(model, x):

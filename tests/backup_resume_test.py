@@ -141,15 +141,20 @@ def run_trials(folder, trials, extra_jobs=(), prepare=None, seed=0, windows=None
         trials = list(pool.map(kill, enumerate(trials)))
     if prepare is not None:
         prepare(folder, trials)
-    jobs = [{"backup": str(folder / "reference"), "out": str(folder / "reference.npz")}]
+    jobs = [{"backup": str(folder / "reference"), "out": str(folder / "reference.npz")},
+            {"backup": str(folder / "reference-pipeline"), "out": str(folder / "reference-pipeline.npz"),
+             "pipeline": True}]
     jobs += [dict(trial["job"], out=str(folder / f"{trial['name']}.npz")) for trial in trials]
     jobs += [dict(job, backup=str(folder / job["backup"]), out=str(folder / job["out"])) for job in extra_jobs]
     _run_jobs(jobs, folder / "resume.log")
-    reference = np.load(folder / "reference.npz")
-    assert int(reference["iterations"]) == STEPS
+    references = {False: np.load(folder / "reference.npz"), True: np.load(folder / "reference-pipeline.npz")}
+    for reference in references.values():
+        assert int(reference["iterations"]) == STEPS
+    # the pipeline's shuffles and flips make another run than the arrays' fixed order
+    assert not np.array_equal(references[True]["weights"], references[False]["weights"])
     for trial in trials:
-        trial.update(_outcome(str(folder / f"{trial['name']}.npz"), reference))
-    return reference, {trial["name"]: trial for trial in trials}
+        trial.update(_outcome(str(folder / f"{trial['name']}.npz"), references[bool(trial["job"].get("pipeline"))]))
+    return references[False], {trial["name"]: trial for trial in trials}
 
 
 def random_trials(callback, save_freqs, count):
@@ -168,6 +173,14 @@ DETERMINISTIC = [
     # double_checkpoint; the last backup (end of epoch 2) is then damaged on purpose, and the
     # previous one (end of epoch 1) is used.
     {"name": "commit-double", "kill_in": "commit:3", "job": {"save_freq": "epoch", "double": True}},
+    # A keras_cdm.data pipeline (shuffled, flipped): resumed in a new process, mid-epoch 1
+    # (the backup after its batch 1; batch 2's write killed) and at the start of epoch 2
+    # (the backup at the end of epoch 2 not committed).
+    {"name": "pipeline-write-1", "kill_in": "write:6", "job": {"save_freq": 1, "pipeline": True}},
+    {"name": "pipeline-commit-epoch", "kill_in": "commit:3", "job": {"save_freq": "epoch", "pipeline": True}},
+    # Two batches per call of the train function: killed in the 2nd backup's write (after
+    # batch 4 of epoch 1), resumed from the 1st (after batch 2) by skipping one call's batches.
+    {"name": "two-steps-per-execution", "kill_in": "write:2", "job": {"save_freq": 2, "steps_per_execution": 2}},
 ]
 NAN_JOBS = [
     # the weights become NaN after step 6: TerminateOnNaN stops the run at step 7; then the
@@ -233,7 +246,8 @@ def test_random_kills_resume_exactly(trials):
 def test_kills_inside_backup_writes_resume_exactly(trials):
     folder, reference, done = trials
     # (epoch, batch, optimizer steps) of the backup on disk after the kill
-    for name, position, weights_files in (("write-3", (0, 3, 3), 2), ("commit-double", (2, 0, 8), 3)):
+    for name, position, weights_files in (("write-3", (0, 3, 3), 2), ("commit-double", (2, 0, 8), 3),
+                                          ("two-steps-per-execution", (0, 2, 2), 2)):
         trial = done[name]
         assert trial["returncode"] == -signal.SIGKILL
         metadata = trial["metadata"]
@@ -244,6 +258,19 @@ def test_kills_inside_backup_writes_resume_exactly(trials):
         assert not (folder / name).exists()
     # commit-double resumed from its previous backup: its last one was damaged on purpose.
     assert "Resumed from the previous backup (at the end of epoch 1)" in (folder / "resume.log").read_text()
+
+
+def test_a_shuffled_flipped_pipeline_resumes_exactly_in_a_new_process(trials):
+    """keras_cdm.data draws each epoch's order and flips from the epoch that fit sets, so
+    the resumed process sees the batches the killed one would have seen."""
+    folder, reference, done = trials
+    for name in ("pipeline-write-1", "pipeline-commit-epoch"):
+        trial = done[name]
+        assert trial["returncode"] == -signal.SIGKILL and trial["metadata"] is not None, trial
+        assert trial["result"] == "exact", trial
+    for name, position in (("pipeline-write-1", (1, 1, 5)), ("pipeline-commit-epoch", (2, 0, 8))):
+        metadata = done[name]["metadata"]  # (epoch, batch, optimizer steps) of the backup resumed from
+        assert (metadata["epoch"], metadata["batch"], metadata["iterations"]) == position
 
 
 def test_nan_keeps_the_last_finite_backup_and_a_rerun_resumes_from_it(trials):

@@ -118,9 +118,19 @@ def run(model, job):
         where, count = job["kill_in"].split(":")
         kill_inside_backups(model, where, int(count))
     out = job["out"]
+    if model.steps_per_execution != job.get("steps_per_execution", 1):
+        model.steps_per_execution = job.get("steps_per_execution", 1)
+        model.train_function = None  # rebuilt by fit for the new steps_per_execution
     try:
-        history = model.fit(data(), epochs=job.get("epochs", EPOCHS), batch_size=BATCH, shuffle=False,
-                            callbacks=callbacks, verbose=0)
+        if job.get("pipeline"):  # a keras_cdm.data pipeline: shuffled and flipped anew each epoch
+            from keras_cdm.data import from_arrays
+
+            arrays = data()
+            inputs = {"x": from_arrays(arrays["images"], arrays["labels"], batch_size=BATCH, seed=0,
+                                       random_flip=True)}
+        else:
+            inputs = {"x": data(), "batch_size": BATCH, "shuffle": False}
+        history = model.fit(**inputs, epochs=job.get("epochs", EPOCHS), callbacks=callbacks, verbose=0)
     except Exception as error:  # recorded for the parent, which counts failed resumes
         with open(out + ".error", "w") as f:
             json.dump({"type": type(error).__name__, "message": str(error)[:3000]}, f)

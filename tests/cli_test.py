@@ -156,9 +156,11 @@ def test_evaluate_reports_the_metric(capsys, tiny_presets, evaluation_inputs, tm
     import json
 
     real, classifier = evaluation_inputs
-    code, out, err = run(capsys, "evaluate", "--preset", "tiny_cascade", "--metric", metric, "--data", str(real),
-                         "--num-samples", "6", "--extractor", str(classifier), "--feature-layer", "features",
-                         "--cas-epochs", "1", "--batch-size", "3", "--json", str(tmp_path / "r.json"))
+    options = {"fid": ["--data", str(real), "--extractor", str(classifier), "--feature-layer", "features"],
+               "is": ["--extractor", str(classifier), "--feature-layer", "features"],
+               "cas": ["--data", str(real), "--cas-epochs", "1"]}[metric]
+    code, out, err = run(capsys, "evaluate", "--preset", "tiny_cascade", "--metric", metric, *options,
+                         "--num-samples", "6", "--batch-size", "3", "--json", str(tmp_path / "r.json"))
     assert code == 0, err
     assert key in out and "samples=6" in out
     result = json.loads((tmp_path / "r.json").read_text())
@@ -173,6 +175,17 @@ def test_evaluate_reports_the_metric(capsys, tiny_presets, evaluation_inputs, tm
         (["--metric", "is"], "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"),
         (["--metric", "cas"], "--metric cas needs --data"),
         (["--metric", "is", "--num-samples", "0"], "argument --num-samples: must be an integer in [1, 10000000]"),
+        # options that would be ignored are refused
+        (["--metric", "is", "--data", "REAL"], "--data does not apply to --metric is (only to --metric fid or cas)"),
+        (["--metric", "is", "--num-real", "5"], "--num-real does not apply to --metric is"),
+        (["--metric", "fid", "--data", "REAL", "--cas-epochs", "3"], "--cas-epochs does not apply to --metric fid"),
+        (["--metric", "cas", "--data", "REAL", "--extractor", "CLASSIFIER"], "--extractor does not apply to --metric cas"),
+        (["--metric", "cas", "--data", "REAL", "--allow-download"], "--allow-download does not apply to --metric cas"),
+        (["--metric", "fid", "--data", "REAL", "--split", "train"], "--split applies only to --data tfds:NAME"),
+        (["--metric", "fid", "--data", "REAL", "--data-dir", "REAL"], "--data-dir applies only to --data tfds:NAME"),
+        (["--metric", "is", "--feature-layer", "features"], "--feature-layer applies only to a .keras --extractor"),
+        (["--metric", "is", "--extractor", "CLASSIFIER", "--allow-download"],
+         "--allow-download applies only to --extractor inception"),
     ],
 )
 def test_evaluate_errors_are_one_line(capsys, tiny_presets, evaluation_inputs, tmp_path, monkeypatch,  # noqa: F811

@@ -221,6 +221,53 @@ def test_seeded_shuffle_and_flips_are_deterministic_and_happen():
     assert 0 < sum(flipped) < n
 
 
+def test_an_epochs_order_and_flips_depend_on_the_seed_and_the_epoch_only():
+    """What a resume in a new process needs: a new pipeline told the epoch (as
+    `DiffusionModel.fit` does) gives that epoch's batches of the first one."""
+    n = 12
+    images = np.random.default_rng(1).uniform(-1, 1, (n, 4, 4, 1)).astype("float32")
+
+    def pipeline():
+        return data.from_arrays(images, np.arange(n), batch_size=4, seed=5, random_flip=True)
+
+    first = pipeline()
+    passes = [stacked(first, "labels", "images") for _ in range(4)]
+    assert int(first.cardinality()) == 3  # known to Keras' progress bars
+    assert not np.array_equal(passes[2][0], passes[3][0])
+    resumed = pipeline()
+    data.set_epoch(2)
+    for expected in passes[2:]:  # epoch 2, then the counter goes on by itself: epoch 3
+        got = stacked(resumed, "labels", "images")
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    data.set_epoch(0)
+    np.testing.assert_array_equal(stacked(first, "labels"), passes[0][0])
+    for bad in (-1, 1.0, True, "2"):
+        with pytest.raises(ValueError, match="`epoch` must be a non-negative integer"):
+            data.set_epoch(bad)
+
+
+def test_fit_trains_each_epoch_on_that_epochs_batches():
+    n = 8
+    images = np.random.default_rng(2).uniform(-1, 1, (n, 8, 8, 1)).astype("float32")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(stacked(dataset, "labels"))  # the pipeline's next pass: epoch + 1
+
+    dataset = data.from_arrays(images, np.arange(n) % 2, batch_size=4, seed=3)
+    expected = [stacked(dataset, "labels") for _ in range(3)]  # epochs 0, 1, 2
+    unet = DiffusionUNet(image_size=8, base_channels=8, channel_multipliers=(1,), num_res_blocks=1,
+                         attention_resolutions=(), num_groups=4, num_classes=2, image_channels=1)
+    model = DiffusionModel(unet, GaussianDiffusion(10, "cosine"), seed=0)
+    model.compile()
+    model.fit(dataset, epochs=2, verbose=0, callbacks=[Record()])
+    # fit set epoch 0 and 1 itself, though the pipeline had made 3 passes before it
+    for got, want in zip(seen, expected[1:]):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_cache_and_no_shuffle_keep_order():
     images = np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1) * 30
     dataset = data.from_arrays(images, np.arange(8), batch_size=4, shuffle=False, cache=True)
