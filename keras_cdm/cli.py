@@ -19,8 +19,16 @@ import numpy as np
 
 from keras_cdm import presets
 from keras_cdm._hub import check_revision
-from keras_cdm._validation import check_choice, check_num_steps, check_text, has_control_characters, shown
+from keras_cdm._validation import (
+    check_choice,
+    check_finite,
+    check_num_steps,
+    check_text,
+    has_control_characters,
+    shown,
+)
 from keras_cdm.diffusion import SAMPLERS
+from keras_cdm.guidance import MAX_GUIDANCE_SCALE
 from keras_cdm.pipeline import CascadedDiffusionPipeline
 from keras_cdm.seeding import SEED_LIMIT
 from keras_cdm.version import __version__
@@ -70,7 +78,7 @@ def _cmd_sample(args):
         raise ValueError(f"--labels takes at most {MAX_GRID_IMAGES} labels (one grid). Received: {len(args.labels)}")
     _check_output("--out", args.out, ".png")
     pipeline = _load_pipeline(args.preset, args.revision)
-    _apply_sampling(pipeline, args.steps, args.sampler)
+    _apply_sampling(pipeline, args)
     labels, columns = args.labels, args.columns
     if args.per_class is not None:
         classes = pipeline.stages[0].unet.num_classes
@@ -92,10 +100,11 @@ def _cmd_sample(args):
     print(f"wrote {len(images)} samples ({images.shape[1]}x{images.shape[2]}) to {path} in {seconds:.1f} s")
 
 
-def _apply_sampling(pipeline, steps, samplers):
-    """--steps and --sampler: one value for every stage, or one per stage."""
+def _apply_sampling(pipeline, args):
+    """--steps, --sampler and --guidance-scale: one value for every stage, or one per stage."""
     settings = [{} for _ in pipeline.stages]
-    for option, key, values in (("--steps", "num_steps", steps), ("--sampler", "sampler", samplers)):
+    for option, key, values in (("--steps", "num_steps", args.steps), ("--sampler", "sampler", args.sampler),
+                                ("--guidance-scale", "guidance_scale", args.guidance_scale)):
         if not values:
             continue
         if len(values) not in (1, len(pipeline.stages)):
@@ -124,6 +133,20 @@ def _num_steps(text):
         return check_num_steps(_steps_value(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _guidance_scale(text):
+    """argparse type of --guidance-scale: a number in [0, MAX_GUIDANCE_SCALE]."""
+    value = float(text)  # a ValueError: argparse's "invalid float value: 'x'"
+    try:
+        return check_finite("guidance_scale", value, 0.0, MAX_GUIDANCE_SCALE)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+_guidance_scale.__name__ = "float"
+_GUIDANCE_HELP = ("classifier-free guidance scale: one for every stage or one per stage; 1 (default) is none, "
+                  ">1 favours the class; only for stages trained with label dropout (docs/sampling.md)")
 
 
 def _sampler(value):
@@ -272,7 +295,7 @@ def _cmd_evaluate(args):
         _check_output("--json", args.json)
     extractor = None if args.metric == "cas" else _extractor(args)  # a bad extractor fails before sampling
     pipeline = _load_pipeline(args.preset, args.revision)
-    _apply_sampling(pipeline, args.steps, args.sampler)
+    _apply_sampling(pipeline, args)
     classes = pipeline.stages[0].unet.num_classes
     labels = None if classes is None else np.arange(args.num_samples) % classes
     samples = pipeline.iter_generate(labels=labels, num_images=args.num_samples, seed=args.seed,
@@ -413,6 +436,7 @@ def build_parser():
     sample.add_argument("--sampler", nargs="+", metavar="NAME", type=_sampler,
                         help='sampler: one for every stage or one per stage: "ancestral", "ddim", "dpm++2m", '
                              '"dpm++3m" or "dpm++2m-sde" (see docs/sampling.md; default: the preset\'s)')
+    sample.add_argument("--guidance-scale", nargs="+", metavar="W", type=_guidance_scale, help=_GUIDANCE_HELP)
     sample.add_argument("--batch-size", type=batch_size, default=16, help="images per call of a stage (default 16)")
     sample.add_argument("--columns", type=_int_in(1, MAX_GRID_IMAGES),
                         help="images per row of the grid (at most the number of images)")
@@ -442,6 +466,8 @@ def build_parser():
                           help="classifier epochs for CAS (default 20)")
     evaluate.add_argument("--steps", nargs="+", metavar="N", type=_num_steps, help="sampling steps, as for `sample`")
     evaluate.add_argument("--sampler", nargs="+", metavar="NAME", type=_sampler, help="samplers, as for `sample`")
+    evaluate.add_argument("--guidance-scale", nargs="+", metavar="W", type=_guidance_scale,
+                          help="guidance scales, as for `sample`")
     evaluate.add_argument("--batch-size", type=batch_size, default=16, help="images per call of a stage (default 16)")
     evaluate.add_argument("--seed", type=seed, default=0)
     evaluate.add_argument("--json", help="also write the result to this JSON file")

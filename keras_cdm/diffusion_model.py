@@ -31,6 +31,7 @@ from keras_cdm._validation import (
     check_labels,
     check_positive_int,
     check_positive_number,
+    check_range,
     check_verbose,
     is_int,
     shown,
@@ -39,6 +40,7 @@ from keras_cdm._validation import (
 from keras_cdm.conditioning import ConditioningAugmentation
 from keras_cdm.diffusion import GaussianDiffusion
 from keras_cdm.ema import Adam
+from keras_cdm.guidance import drop_labels, guided_output
 from keras_cdm.images import INTERPOLATIONS, from_uint8
 from keras_cdm.sampling import SamplingPlan, make_plan
 from keras_cdm.seeding import per_example_seeds
@@ -65,6 +67,9 @@ class DiffusionModel(keras.Model):
         low_res_interpolation: how training images are downsampled to the
             low-resolution conditioning (anti-aliased).
         seed: seed of the training draws.
+        label_dropout: probability of training on the "no class" label instead of
+            an example's class (classifier-free guidance: the U-Net needs
+            `null_label=True`; 0.1-0.2 is usual). 0, the default, is the paper.
 
     Example:
     >>> unet = DiffusionUNet(image_size=8, base_channels=8, channel_multipliers=(1,),
@@ -78,7 +83,7 @@ class DiffusionModel(keras.Model):
     """
 
     def __init__(self, unet, diffusion, augmentation=None, random_flip=False,
-                 low_res_interpolation="bicubic", seed=None, **kwargs):
+                 low_res_interpolation="bicubic", seed=None, label_dropout=0.0, **kwargs):
         super().__init__(**check_keyword_arguments(DiffusionModel, kwargs))
         self.unet = _deserialize(unet, DiffusionUNet, "unet")
         self.diffusion = _deserialize(diffusion, GaussianDiffusion, "diffusion")
@@ -92,6 +97,11 @@ class DiffusionModel(keras.Model):
         self.random_flip = check_bool("random_flip", random_flip)
         self.low_res_interpolation = check_choice("low_res_interpolation", low_res_interpolation, INTERPOLATIONS)
         self.seed = check_generator_seed(seed)
+        self.label_dropout = check_range("label_dropout", label_dropout, 0.0, 1.0, high_inclusive=False)
+        if self.label_dropout and not self.unet.null_label:
+            raise ValueError("`label_dropout` replaces labels by the 'no class' label of classifier-free guidance: "
+                             "the U-Net needs one, `DiffusionUNet(num_classes=..., null_label=True)`. "
+                             f"Received: label_dropout={label_dropout!r} for a U-Net with null_label=False")
         _check_stage(self.unet, self.diffusion, self.augmentation)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.mse_tracker = keras.metrics.Mean(name="mse")
@@ -126,6 +136,8 @@ class DiffusionModel(keras.Model):
         t = keras.random.randint((batch,), 0, self.diffusion.num_timesteps, seed=self.seed_generator)
         noise = keras.random.normal(ops.shape(x_start), seed=self.seed_generator)
         outputs = {"x_start": x_start, "t": t, "noise": noise}
+        if labels is not None and self.label_dropout and training:
+            labels = drop_labels(labels, self.label_dropout, self.unet.num_classes, self.seed_generator)
         unet_inputs = {} if labels is None else {"labels": labels}
         if self.diffusion.conditioning == "noise_level":
             levels = self.diffusion.sample_noise_levels(t, seed=self.seed_generator)
@@ -251,8 +263,11 @@ class DiffusionModel(keras.Model):
                 of `GaussianDiffusion` arguments, e.g.
                 `{"schedule": "linear", "num_timesteps": 100}`, or a
                 `GaussianDiffusion`. None samples the training schedule.
+            guidance_scale: classifier-free guidance (`keras_cdm.guidance`): 1 (the
+                default) samples the conditional model as the paper does; w != 1
+                needs a U-Net with `null_label=True` trained with `label_dropout`.
         """
-        return make_plan(self.diffusion, self.augmentation, settings, self.name)
+        return make_plan(self.diffusion, self.augmentation, settings, self.name, guidable=self.unet.null_label)
 
     def generate(self, labels=None, num_images=None, seed=0, *, low_res_images=None, plan=None, stop_step=None,
                  use_ema=True, verbose="auto", **settings):
@@ -314,14 +329,19 @@ class DiffusionModel(keras.Model):
         return np.asarray(ops.convert_to_numpy(state_sample(state)))
 
     def _sampler(self, plan, steps, keys):
-        key = (repr(plan.process), steps, plan.sampler, float(plan.eta), plan.clip_denoised, tuple(keys))
+        key = (repr(plan.process), steps, plan.sampler, float(plan.eta), plan.clip_denoised, plan.guidance_scale,
+               tuple(keys))
         if key not in self._samplers:
             conditioning_key = self.unet.conditioning_key
             process, sampler, eta, clip = plan.process, plan.sampler, float(plan.eta), plan.clip_denoised
+            scale, null_label, channels = plan.guidance_scale, self.unet.num_classes, self.unet.image_channels
 
             def run(apply, x, seed, start, conditioning):
                 def denoise(x_t, cond):
-                    return apply({**conditioning, "noisy_images": x_t, conditioning_key: cond})
+                    inputs = {**conditioning, "noisy_images": x_t, conditioning_key: cond}
+                    if scale == 1.0:  # the conditional model alone, as the paper samples
+                        return apply(inputs)
+                    return guided_output(apply, inputs, scale, null_label, channels)
 
                 return process.run_steps(denoise, x, seed, start, steps, sampler, eta, clip)
 
@@ -460,6 +480,7 @@ class DiffusionModel(keras.Model):
             "random_flip": self.random_flip,
             "low_res_interpolation": self.low_res_interpolation,
             "seed": self.seed,
+            "label_dropout": self.label_dropout,
         }
 
     @classmethod

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from keras_cdm._validation import check_choice, check_positive_int, check_range
+from keras_cdm._validation import check_bool, check_choice, check_positive_int, check_range
 
 register = keras.saving.register_keras_serializable(package="keras_cdm")
 
@@ -218,6 +218,8 @@ class ClassEmbedding(keras.layers.Layer):
     Args:
         num_classes: number of classes; labels are integers in [0, num_classes).
         output_dim: embedding width (the U-Net's time-embedding width).
+        null_label: one more row, for label `num_classes`: "no class", the
+            unconditional model of classifier-free guidance (`keras_cdm.guidance`).
 
     Example:
     >>> layer = ClassEmbedding(num_classes=10, output_dim=64)
@@ -225,12 +227,13 @@ class ClassEmbedding(keras.layers.Layer):
     (2, 64)
     """
 
-    def __init__(self, num_classes, output_dim, **kwargs):
+    def __init__(self, num_classes, output_dim, null_label=False, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.output_dim = check_positive_int("output_dim", output_dim)
+        self.null_label = check_bool("null_label", null_label)
         self.embedding = keras.layers.Embedding(
-            self.num_classes,
+            self.num_classes + self.null_label,
             self.output_dim,
             embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
             name="embedding",
@@ -248,7 +251,7 @@ class ClassEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_classes=self.num_classes, output_dim=self.output_dim)
+        config.update(num_classes=self.num_classes, output_dim=self.output_dim, null_label=self.null_label)
         return config
 
 

@@ -2,7 +2,7 @@
 
 A stage turns its settings (sampler, steps, DDIM eta, clipping, the augmentation level s
 and mode of a Gaussian-augmented upsampler, the inference noise schedule of a
-continuous-noise stage) into a `SamplingPlan` with `DiffusionModel.sampling_plan`; the
+continuous-noise stage, the classifier-free guidance scale) into a `SamplingPlan` with `DiffusionModel.sampling_plan`; the
 plan derives the inference process those settings make, once. The cascade stores one
 plan per stage, links each stage's stop step to the truncated augmentation of the next
 (`stopping_for`), and hands each stage its plan.
@@ -16,10 +16,11 @@ import numpy as np
 
 from keras_cdm._validation import check_bool, check_choice, check_eta, check_num_steps, is_int, shown
 from keras_cdm.diffusion import SAMPLERS, GaussianDiffusion
+from keras_cdm.guidance import check_guidance_scale
 
 SAMPLING_DEFAULTS = {
     "sampler": "ancestral", "num_steps": None, "eta": 0.0, "clip_denoised": True,
-    "augmentation_level": 0, "truncated": False, "noise_schedule": None,
+    "augmentation_level": 0, "truncated": False, "noise_schedule": None, "guidance_scale": 1.0,
 }
 _SCHEDULE_KEYS = ("schedule", "num_timesteps", "beta_start", "beta_end", "variance")
 _INFERENCE_VARIANCES = ("fixed_small", "fixed_large")
@@ -47,6 +48,7 @@ class SamplingPlan:
     augmentation_level: int = 0
     truncated: bool = False
     noise_schedule: object = None
+    guidance_scale: float = 1.0
     stop_step: object = None
     truncation_process: object = dataclasses.field(default=None, repr=False, compare=False)
     process: GaussianDiffusion = dataclasses.field(init=False, repr=False, compare=False)
@@ -131,9 +133,10 @@ def check_augmentation_settings(augmentation, level, truncated, stage_name):
     return int(level), truncated
 
 
-def make_plan(diffusion, augmentation, settings, stage_name):
+def make_plan(diffusion, augmentation, settings, stage_name, guidable=False):
     """The `SamplingPlan` of a stage with training process `diffusion` and
-    conditioning `augmentation` (None for a base stage or no augmentation)."""
+    conditioning `augmentation` (None for a base stage or no augmentation);
+    `guidable`: its U-Net has the null label of classifier-free guidance."""
     given = {**SAMPLING_DEFAULTS, **check_settings(settings)}
     level, truncated = check_augmentation_settings(augmentation, given["augmentation_level"], given["truncated"],
                                                    stage_name)
@@ -146,6 +149,7 @@ def make_plan(diffusion, augmentation, settings, stage_name):
         augmentation_level=level,
         truncated=truncated,
         noise_schedule=_schedule_settings(diffusion, given["noise_schedule"]),
+        guidance_scale=check_guidance_scale(given["guidance_scale"], guidable, stage_name),
         truncation_process=augmentation.forward_process if truncated else None,
     )
 

@@ -62,6 +62,10 @@ class DiffusionUNet(keras.Model):
         num_heads: attention heads.
         dropout: dropout rate inside residual blocks.
         num_classes: number of classes, or None for an unconditional model.
+        null_label: also learn a "no class" embedding, label `num_classes`, for
+            classifier-free guidance (train with `DiffusionModel(label_dropout=...)`,
+            sample with `guidance_scale`; see `keras_cdm.guidance`). Off in the
+            paper's models: it adds one embedding row.
         learned_variance: double the output channels (Improved DDPM).
         image_channels: channels of the images.
         low_res_size: size of the low-resolution conditioning image for a
@@ -99,6 +103,7 @@ class DiffusionUNet(keras.Model):
         num_heads=1,
         dropout=0.0,
         num_classes=None,
+        null_label=False,
         learned_variance=False,
         image_channels=3,
         low_res_size=None,
@@ -128,6 +133,10 @@ class DiffusionUNet(keras.Model):
         dropout = check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         if num_classes is not None:
             num_classes = check_size("num_classes", num_classes)
+        null_label = check_bool("null_label", null_label)
+        if null_label and num_classes is None:
+            raise ValueError("`null_label=True` (the 'no class' label of classifier-free guidance) needs a "
+                             "class-conditional U-Net: set `num_classes`. Received: num_classes=None")
         learned_variance = check_bool("learned_variance", learned_variance)
         image_channels = check_size("image_channels", image_channels)
         if low_res_size is not None:
@@ -155,6 +164,7 @@ class DiffusionUNet(keras.Model):
             num_heads=num_heads,
             dropout=dropout,
             num_classes=num_classes,
+            null_label=null_label,
             learned_variance=learned_variance,
             image_channels=image_channels,
             low_res_size=low_res_size,
@@ -181,6 +191,7 @@ class DiffusionUNet(keras.Model):
         self.num_heads = num_heads
         self.dropout = dropout
         self.num_classes = num_classes
+        self.null_label = null_label
         self.learned_variance = learned_variance
         self.image_channels = image_channels
         self.low_res_size = low_res_size
@@ -217,6 +228,7 @@ class DiffusionUNet(keras.Model):
             "num_heads": self.num_heads,
             "dropout": self.dropout,
             "num_classes": self.num_classes,
+            "null_label": self.null_label,
             "learned_variance": self.learned_variance,
             "image_channels": self.image_channels,
             "low_res_size": self.low_res_size,
@@ -318,7 +330,7 @@ def parameter_count(config):
 
     time_mlp = dense(base, embedding) + dense(embedding, embedding)
     total = time_mlp * (2 if config["augmentation_level_embedding"] else 1)
-    total += (config["num_classes"] or 0) * embedding
+    total += ((config["num_classes"] or 0) + config["null_label"]) * embedding
     in_channels = config["image_channels"] * (1 if config["low_res_size"] is None else 2)
     total += conv(in_channels, base)
     resolutions, levels = _level_resolutions(config), len(config["channel_multipliers"])
@@ -451,7 +463,8 @@ def _build_embedding(inputs, config):
     )(inputs[conditioning_key])
     if "labels" in inputs:
         label_embedding = cdm_layers.ClassEmbedding(
-            config["num_classes"], 4 * base_channels, name="label_embedding", dtype=dtype
+            config["num_classes"], 4 * base_channels, null_label=config["null_label"], name="label_embedding",
+            dtype=dtype,
         )(inputs["labels"])
         embedding = keras.layers.Add(name="add_label_embedding", dtype=dtype)([embedding, label_embedding])
     if "augmentation_levels" in inputs:

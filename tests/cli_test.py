@@ -111,12 +111,29 @@ def test_steps_and_sampler_set_every_stage_or_each_one(tiny_presets):  # noqa: F
     args = cli.build_parser().parse_args(["sample", "--preset", "tiny_cascade", "--out", "x.png", "--steps", "logsnr8",
                                           "karras5", "all", "--sampler", "dpm++2m-sde"])
     pipeline = CascadedDiffusionPipeline.from_preset("tiny_cascade", load_weights=False)
-    cli._apply_sampling(pipeline, args.steps, args.sampler)
+    cli._apply_sampling(pipeline, args)
     assert [(s["sampler"], s["num_steps"]) for s in pipeline.sampling] == [
         ("dpm++2m-sde", "logsnr8"), ("dpm++2m-sde", "karras5"), ("dpm++2m-sde", None)]
-    cli._apply_sampling(pipeline, None, ["dpm++3m", "ddim", "dpm++2m"])
+    args = cli.build_parser().parse_args(["sample", "--preset", "tiny_cascade", "--out", "x.png", "--sampler",
+                                          "dpm++3m", "ddim", "dpm++2m"])
+    cli._apply_sampling(pipeline, args)
     assert [(s["sampler"], s["num_steps"]) for s in pipeline.sampling] == [
         ("dpm++3m", "logsnr8"), ("ddim", "karras5"), ("dpm++2m", None)]
+
+
+def test_guidance_scale_is_refused_for_stages_without_label_dropout(capsys, tiny_presets):  # noqa: F811
+    args = cli.build_parser().parse_args(["sample", "--preset", "tiny_cascade", "--out", "x.png",
+                                          "--guidance-scale", "1", "1", "1"])
+    pipeline = CascadedDiffusionPipeline.from_preset("tiny_cascade", load_weights=False)
+    cli._apply_sampling(pipeline, args)  # 1: no guidance, fine anywhere
+    assert [s["guidance_scale"] for s in pipeline.sampling] == [1.0, 1.0, 1.0]
+    code, _, err = run(capsys, "sample", "--preset", "tiny_cascade", "--per-class", "1", "--out", "x.png",
+                       "--guidance-scale", "3")
+    assert code == 2 and "`guidance_scale` needs a class-conditional U-Net with a 'no class' label" in err
+    for bad in ("nan", "-1", "1000", "x"):
+        code, _, err = run(capsys, "sample", "--preset", "tiny_cascade", "--per-class", "1", "--out", "x.png",
+                           "--guidance-scale", bad)
+        assert code == 2 and "argument --guidance-scale" in err and "Traceback" not in err
 
 
 def test_architecture_of_a_cascade_lists_every_stage(capsys, tiny_presets):  # noqa: F811

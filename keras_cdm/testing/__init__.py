@@ -186,10 +186,11 @@ def mnist_digits(per_class=1, size=8, classes=range(10)):
     return np.clip(to_numpy(resized), -1.0, 1.0), labels[index].astype("int32")
 
 
-def tiny_cascade(num_classes=3):
+def tiny_cascade(num_classes=3, null_label=False):
     """An 8 -> 16 -> 32 grayscale cascade with random weights: a cosine base stage with
     learned variances, a Gaussian-augmented upsampler (same 10-step process, so truncation
-    works) and a blur-augmented continuous-noise upsampler. Builds in about a second."""
+    works) and a blur-augmented continuous-noise upsampler. Builds in about a second.
+    `null_label`: every U-Net has the "no class" label of classifier-free guidance."""
     from keras_cdm.conditioning import BlurConditioningAugmentation, GaussianConditioningAugmentation
     from keras_cdm.diffusion import GaussianDiffusion
     from keras_cdm.diffusion_model import DiffusionModel
@@ -197,7 +198,7 @@ def tiny_cascade(num_classes=3):
     from keras_cdm.unet import DiffusionUNet
 
     tiny = dict(base_channels=8, channel_multipliers=(1,), num_res_blocks=1, attention_resolutions=(),
-                num_groups=4, image_channels=1, num_classes=num_classes)
+                num_groups=4, image_channels=1, num_classes=num_classes, null_label=null_label)
     hybrid = dict(variance="learned_range", loss="hybrid")
     base = DiffusionModel(DiffusionUNet(image_size=8, learned_variance=True, **tiny),
                           GaussianDiffusion(10, "cosine", **hybrid), name="base")
