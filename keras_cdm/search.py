@@ -1,4 +1,4 @@
-"""Post-training searches over sampling settings (sections 3.2, 3.3, 4.3, 4.4).
+"""Post-training searches over sampling settings (sections 3.2, 3.3, 4.3, 4.4; guidance).
 
 The paper trains upsamplers amortized over the conditioning-augmentation level s
 and over continuous noise levels, then picks s (Table 3) and the inference noise
@@ -17,6 +17,7 @@ import numpy as np
 
 from keras_cdm._validation import check_image_shape, is_int
 from keras_cdm.evaluation import compute_statistics, fid, histogram_distance, pixel_statistics
+from keras_cdm.guidance import MAX_GUIDANCE_SCALE
 from keras_cdm.images import from_uint8, to_uint8
 from keras_cdm.pipeline import CascadedDiffusionPipeline
 
@@ -331,6 +332,69 @@ def search_noise_schedule(pipeline, stage, num_steps, evaluate, labels, seed=0, 
     if apply_best:
         pipeline.set_sampling(k, noise_schedule=schedules[rows.index(result.best)], num_steps=None)
     return result
+
+
+def search_guidance_scale(pipeline, stage, scales, evaluate, labels, seed=0, low_res_images=None, through_cascade=False,
+                          metric="fid", lower_is_better=True, batch_size=16, plot_path=None, apply_best=False,
+                          verbose=True):
+    """Sample quality of a stage as a function of its classifier-free guidance scale.
+
+    The stage (a U-Net with the null label, trained with `label_dropout`) samples with
+    each of `scales`, conditioned (an upsampler) on the earlier stages' samples, drawn
+    once with the current settings, or on real `low_res_images`. `evaluate` scores the
+    stage's output, or with `through_cascade=True` the cascade's final output (the later
+    stages with their current settings). Guidance trades diversity for fidelity: let
+    `evaluate` return both kinds of score (e.g. FID, a recognition accuracy and
+    `keras_cdm.precision_recall`) and pick the `metric` that decides.
+
+    Args:
+        pipeline: a `CascadedDiffusionPipeline`.
+        stage: the stage (name or index) to guide.
+        scales: the guidance scales to try (1 = no guidance, 0 = unconditional).
+        evaluate: `evaluate(uint8 images) -> dict` of metrics, including `metric`.
+        labels: the class labels of the samples (their number is the sample count).
+        low_res_images: real low-resolution images (one per label) for an upsampler.
+        plot_path: where to save the plot of `metric` against the scale (PNG).
+        apply_best: write the best scale into `pipeline`'s sampling settings.
+
+    Returns a `SearchResult`.
+    """
+    k = pipeline.stage_index(stage)
+    scales = _check_scales(scales)
+    for scale in scales:  # refuse a stage that cannot be guided before any sampling
+        pipeline.stages[k].sampling_plan(**{**pipeline.sampling[k], "guidance_scale": scale})
+    if labels is None:
+        raise ValueError("Guidance needs class labels: pass `labels`, one per sample. Received: labels=None")
+    head = CascadedDiffusionPipeline(pipeline.stages, pipeline.sampling) if through_cascade else _head(pipeline, k)
+    # An upsampler starts from the earlier stages' samples, drawn once, unless it takes
+    # their z_s (truncated augmentation): then every scale runs the cascade from the start.
+    start = {}
+    if k > 0 and (low_res_images is not None or not pipeline.plans[k].truncated):
+        start = {"start_stage": k, "low_res_images": low_res_images if low_res_images is not None else _head(
+            pipeline, k - 1).generate(labels=labels, seed=seed, batch_size=batch_size, output="float", verbose=False)}
+    rows = []
+    for scale in scales:
+        head.set_sampling(k, guidance_scale=scale)
+        images = head.generate(labels=labels, seed=seed, batch_size=batch_size, verbose=False, **start)
+        rows.append({"guidance_scale": scale, **_scores(evaluate, images, metric)})
+        if verbose:
+            print("  ".join(f"{m}={_format(v)}" for m, v in rows[-1].items()))
+    scored = pipeline.stage_names[-1] if through_cascade else pipeline.stage_names[k]
+    result = SearchResult(f"Guidance scale of {pipeline.stage_names[k]}, scored at {scored} ({len(labels)} samples)",
+                          ["guidance_scale"], rows, metric, lower_is_better)
+    _finish(result, verbose, plot_path, x="guidance_scale", group=None)
+    if apply_best:
+        pipeline.set_sampling(k, guidance_scale=result.best["guidance_scale"])
+    return result
+
+
+def _check_scales(scales):
+    scales = list(scales) if isinstance(scales, (list, tuple, range, np.ndarray)) else None
+    if not scales or any(isinstance(w, bool) or not isinstance(w, (int, float, np.number)) or not math.isfinite(w)
+                         or not 0 <= w <= MAX_GUIDANCE_SCALE for w in scales):
+        raise ValueError(f"`scales` must be a non-empty list of numbers in [0, {MAX_GUIDANCE_SCALE}]. "
+                         f"Received: scales={scales}")
+    return [float(w) for w in scales]
 
 
 def _head(pipeline, k):

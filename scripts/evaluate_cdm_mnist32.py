@@ -46,11 +46,12 @@ from keras_cdm.images import from_uint8
 from keras_cdm.evaluation import (ClassifierFeatures, classification_accuracy_score, compute_statistics,
                                   default_cas_classifier, fid, histogram_distance, pixel_classifier,
                                   pixel_statistics, recognition_accuracy)
+from keras_cdm.precision_recall import precision_recall
 from keras_cdm.step_budget import search_step_budget
-from keras_cdm.search import (baseline_comparison, sample_quality, search_augmentation_level, search_noise_schedule,
-                              stage_beats_baseline)
+from keras_cdm.search import (baseline_comparison, sample_quality, search_augmentation_level, search_guidance_scale,
+                              search_noise_schedule, stage_beats_baseline)
 
-PARTS = ("quality", "baseline", "recognition", "table3", "mismatch", "blur", "steps", "budget", "pictures")
+PARTS = ("quality", "baseline", "recognition", "table3", "mismatch", "blur", "steps", "budget", "guidance", "pictures")
 LEVELS = (0, 41, 101, 201, 301, 481)  # s - 1 on the base stage's ddim50 grid (stride 20), so truncation works
 CLASSIFIERS = {"cnn": default_cas_classifier, "pixel": pixel_classifier}
 # candidate linear inference schedules (beta from 1e-4 to beta_end, posterior variances) per number of steps
@@ -352,6 +353,73 @@ def part_budget(ctx):
               f"{100 * row['recognition']:.1f} % | {100 * row['near_black']:.1f} % | {row['histogram_tv']:.4f} |")
 
 
+def part_guidance(ctx):
+    """Classifier-free guidance of the base stage: a base retrained with label dropout
+    (--guidance-base) replaces the preset's; its guidance scale is swept, scored at 8x8 and
+    at the end of the cascade (the upsamplers unguided, the preset's settings), beside the
+    preset's own base (no label dropout). Judges: domain FID, pixel recognition (fidelity
+    to the class), precision and recall (Kynkaenniemi et al.) of the domain classifier's
+    features against the real training digits, near-black share and histogram TV."""
+    folder = Path(ctx.args.guidance_base)
+    if not (folder / "config.json").exists():
+        print(f"guidance: no base stage trained with label dropout at {folder}; train it with "
+              f"`python scripts/train_cdm_mnist32.py --stages base --label-dropout 0.1 --workdir "
+              f"{folder.parent.parent} --no-assemble`")
+        return
+    n, scales = ctx.args.guidance_samples, ctx.args.guidance_scales
+    labels = np.arange(n) % 10
+
+    def judge(size):
+        features = ClassifierFeatures(ctx.classifier(size))
+        real = real_digits("train", size)[0]
+        # precision and recall compare sets of one size (their k-NN radii depend on it): n real digits
+        real_features = np.concatenate([features(real[i:min(i + 500, n)])["features"] for i in range(0, n, 500)])
+        fid_of, pixel = ctx.evaluate(size), ctx.classifier(size, "pixel")
+
+        def evaluate(images):
+            generated = np.concatenate([features(images[i:i + 500])["features"] for i in range(0, len(images), 500)])
+            return {**fid_of(images), **precision_recall(real_features, generated),
+                    "recognition": recognition_accuracy(pixel, images, labels, 10)["top1"],
+                    "near_black": pixel_statistics(images)["near_black"],
+                    "histogram_tv": histogram_distance(images, real)}
+
+        return evaluate
+
+    guided = CascadedDiffusionPipeline([DiffusionModel.from_preset(str(folder))] + list(ctx.pipeline.stages[1:]),
+                                       ctx.pipeline.sampling)
+    plain = CascadedDiffusionPipeline(ctx.pipeline.stages, ctx.pipeline.sampling)
+    results, start = {"samples": n, "scales": scales, "base": str(folder)}, time.time()
+    for size, through in ((8, False), (32, True)):
+        evaluate = judge(size)
+        key = "cascade" if through else "base"
+        result = search_guidance_scale(guided, 0, scales, evaluate, labels, seed=ctx.args.seed, batch_size=250,
+                                       through_cascade=through, plot_path=ctx.out / f"guidance_{key}.png")
+        preset = search_guidance_scale(plain, 0, [1.0], evaluate, labels, seed=ctx.args.seed, batch_size=250,
+                                       through_cascade=through, verbose=False)
+        results[key] = {"rows": result.rows, "preset_base": preset.rows[0]}
+    results["seconds"] = round(time.time() - start, 1)
+    ctx.save({"guidance": results})
+    # Pictures: one row per scale, the same seeds and labels (0-9), at 8x8 (enlarged) and 32x32.
+    rows8, rows32 = [], []
+    for scale in scales:
+        guided.set_sampling(0, guidance_scale=scale)
+        images, steps = guided.generate(labels=np.arange(10), seed=ctx.args.seed, batch_size=10,
+                                        return_intermediates=True, verbose=False)
+        rows8.append(keras.ops.convert_to_numpy(keras.ops.image.resize(
+            steps[guided.stage_names[0]].astype("float32"), (32, 32), interpolation="nearest")).astype("uint8"))
+        rows32.append(images)
+    save_image_grid(np.concatenate(rows8), ctx.out / "guidance_rows_8.png", columns=10)
+    save_image_grid(np.concatenate(rows32), ctx.out / "guidance_rows_32.png", columns=10)
+    print(f"wrote {ctx.out / 'guidance_rows_8.png'} and guidance_rows_32.png (one row per scale: {scales})")
+    for key in ("base", "cascade"):
+        print(f"\n{key}: | guidance scale | FID | recognition | precision | recall | near-black | histogram TV |"
+              "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, row in [("preset base, no label dropout", results[key]["preset_base"])] + [
+                (f"{row['guidance_scale']:g}", row) for row in results[key]["rows"]]:
+            print(f"| {name} | {row['fid']:.2f} | {100 * row['recognition']:.1f} % | {row['precision']:.3f} | "
+                  f"{row['recall']:.3f} | {100 * row['near_black']:.1f} % | {row['histogram_tv']:.4f} |")
+
+
 def part_pictures(ctx):
     labels = np.repeat(np.arange(10), 10)
     images, steps = ctx.pipeline.generate(labels=labels, seed=ctx.args.seed, batch_size=100,
@@ -395,6 +463,10 @@ def main(argv=None):
     parser.add_argument("--budget-tolerance", type=float, default=0.0, help="relative slack of the guards")
     parser.add_argument("--budget-candidates", help="JSON: {stage: [sampling settings]} instead of the grid")
     parser.add_argument("--budget-tag", help="suffix of the result's key and plot (several runs of one budget)")
+    parser.add_argument("--guidance-base", default="runs/cdm_mnist32_cfg/stages/base",
+                        help="a base stage preset trained with label dropout (guidance part)")
+    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0, 5.0])
+    parser.add_argument("--guidance-samples", type=int, default=2000)
     args = parser.parse_args(argv)
     ctx = Context(args)
     for part in args.only:

@@ -9,6 +9,7 @@ Three class-conditional stages, the paper's structure at toy scale:
 
     python scripts/train_cdm_mnist32.py                      # all stages, then the preset
     python scripts/train_cdm_mnist32.py --stages sr32 --no-blur --workdir runs/noblur
+    python scripts/train_cdm_mnist32.py --stages base --label-dropout 0.1 --workdir runs/cfg --no-assemble
 
 Seeded and resumable: every stage checkpoints each epoch into --workdir
 (keras_cdm.callbacks.BackupAndRestore: safe against a kill at any instant) and a finished stage is saved as a stage
@@ -43,29 +44,32 @@ SAMPLING = [
 ]
 
 
-def build_stage(name, blur=True, seed=0):
+def build_stage(name, blur=True, seed=0, label_dropout=0.0):
+    """A stage of the cascade; `label_dropout` > 0 trains it for classifier-free guidance
+    (a U-Net with the null label)."""
     hybrid = dict(variance="learned_range", loss="hybrid")
+    common = dict(COMMON, null_label=label_dropout > 0)
+    stage = dict(seed=seed, label_dropout=label_dropout, name=name)
     if name == "base":
         unet = DiffusionUNet(8, base_channels=48, channel_multipliers=(1, 2), num_res_blocks=2,
-                             attention_resolutions=(4,), num_heads=4, learned_variance=True, **COMMON)
-        return DiffusionModel(unet, GaussianDiffusion(1000, "cosine", **hybrid), seed=seed, name="base")
+                             attention_resolutions=(4,), num_heads=4, learned_variance=True, **common)
+        return DiffusionModel(unet, GaussianDiffusion(1000, "cosine", **hybrid), **stage)
     if name == "sr16":
         unet = DiffusionUNet(16, low_res_size=8, base_channels=32, channel_multipliers=(1, 2), num_res_blocks=1,
                              attention_resolutions=(), learned_variance=True, augmentation_level_embedding=True,
-                             **COMMON)
+                             **common)
         return DiffusionModel(unet, GaussianDiffusion(1000, "cosine", **hybrid),
                               augmentation=GaussianConditioningAugmentation(500, num_timesteps=1000, schedule="cosine"),
-                              seed=seed, name="sr16")
+                              **stage)
     if name == "sr32":
         unet = DiffusionUNet(32, low_res_size=16, base_channels=24, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                             attention_resolutions=(), conditioning="noise_level", **COMMON)
+                             attention_resolutions=(), conditioning="noise_level", **common)
         diffusion = GaussianDiffusion(2000, "linear", variance="fixed_large", conditioning="noise_level")
-        return DiffusionModel(unet, diffusion, augmentation=BlurConditioningAugmentation() if blur else None,
-                              seed=seed, name="sr32")
+        return DiffusionModel(unet, diffusion, augmentation=BlurConditioningAugmentation() if blur else None, **stage)
     raise ValueError(f"`name` must be one of {STAGES}. Received: {name!r}")
 
 
-def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2, ema_warmup=True):
+def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2, ema_warmup=True, label_dropout=0.0):
     done = Path(workdir) / "stages" / name
     if (done / "config.json").exists():
         print(f"{name}: already trained ({done})")
@@ -73,7 +77,7 @@ def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2, ema_warm
     keras.utils.set_random_seed(seed)
     default_epochs, batch_size, learning_rate = TRAINING[name]
     epochs = epochs or default_epochs
-    model = build_stage(name, blur=blur, seed=seed)
+    model = build_stage(name, blur=blur, seed=seed, label_dropout=label_dropout)
     size = model.unet.image_size
     images, labels = mnist_subset("train")
     data = from_arrays(images, labels, image_size=size, batch_size=batch_size, seed=seed, cache=True)
@@ -91,7 +95,8 @@ def train_stage(name, workdir, seed, blur=True, epochs=None, verbose=2, ema_warm
     seconds = time.time() - start
     with open(Path(workdir) / "timings.jsonl", "a") as f:
         f.write(json.dumps({"stage": name, "epochs": epochs, "seconds": round(seconds, 1),
-                            "parameters": model.unet.count_params(), "blur": blur, "ema_warmup": ema_warmup}) + "\n")
+                            "parameters": model.unet.count_params(), "blur": blur, "ema_warmup": ema_warmup,
+                            "label_dropout": label_dropout}) + "\n")
     print(f"{name}: trained {epochs} epochs in {seconds / 60:.1f} min -> {done}")
     return done
 
@@ -117,11 +122,14 @@ def main(argv=None):
     parser.add_argument("--no-assemble", action="store_true")
     parser.add_argument("--no-ema-warmup", action="store_true",
                         help="Keras' plain EMA (the recipe of the first cdm_mnist32), for comparison")
+    parser.add_argument("--label-dropout", type=float, default=0.0,
+                        help="train the chosen stages for classifier-free guidance: the probability of the "
+                             "'no class' label (e.g. 0.1; default 0, the paper)")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     for name in args.stages:
         train_stage(name, args.workdir, args.seed, blur=not args.no_blur, epochs=args.epochs,
-                    ema_warmup=not args.no_ema_warmup)
+                    ema_warmup=not args.no_ema_warmup, label_dropout=args.label_dropout)
     if not args.no_assemble and all((Path(args.workdir) / "stages" / n / "config.json").exists() for n in STAGES):
         assemble(args.workdir, args.out)
 

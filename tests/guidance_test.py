@@ -158,3 +158,48 @@ def test_guidance_is_refused_where_it_cannot_apply():
         DiffusionUNet(null_label=True, **{**TINY, "num_classes": None})
     with pytest.raises(ValueError, match="`null_label` must be True or False"):
         DiffusionUNet(null_label="yes", **TINY)
+
+
+# -- the guidance search ----------------------------------------------------------------------
+
+
+def test_search_guidance_scale_scores_what_the_pipeline_samples(tmp_path):
+    from keras_cdm.search import search_guidance_scale
+    from keras_cdm.testing import RecordingEvaluate
+
+    pipeline = tiny_cascade(null_label=True)
+    labels = [0, 1, 2, 1]
+    evaluate = RecordingEvaluate()
+    result = search_guidance_scale(pipeline, "base", [0, 1, 3], evaluate, labels, seed=2, batch_size=4,
+                                   metric="mean", plot_path=tmp_path / "g.png", verbose=False)
+    assert [row["guidance_scale"] for row in result.rows] == [0.0, 1.0, 3.0] and (tmp_path / "g.png").is_file()
+    for row, images in zip(result.rows, evaluate.seen):
+        head = CascadedDiffusionPipeline(pipeline.stages[:1], [dict(pipeline.sampling[0],
+                                                                   guidance_scale=row["guidance_scale"])])
+        np.testing.assert_array_equal(images, head.generate(labels=labels, seed=2, batch_size=4, verbose=False))
+    assert pipeline.sampling[0]["guidance_scale"] == 1.0  # left as it was
+    # An upsampler, scored at the end of the cascade; the best scale applied.
+    evaluate = RecordingEvaluate()
+    result = search_guidance_scale(pipeline, "sr32", [1, 2], evaluate, labels, seed=2, batch_size=4,
+                                   metric="mean", through_cascade=True, apply_best=True, verbose=False)
+    for row, images in zip(result.rows, evaluate.seen):
+        settings = [dict(s) for s in pipeline.sampling]
+        settings[2]["guidance_scale"] = row["guidance_scale"]
+        expected = CascadedDiffusionPipeline(pipeline.stages, settings).generate(labels=labels, seed=2, batch_size=4,
+                                                                                 verbose=False)
+        np.testing.assert_array_equal(images, expected)
+    assert pipeline.sampling[2]["guidance_scale"] == result.best["guidance_scale"]
+
+
+def test_search_guidance_scale_refuses_before_sampling():
+    from keras_cdm.search import search_guidance_scale
+    from keras_cdm.testing import RecordingEvaluate
+
+    evaluate = RecordingEvaluate()
+    with pytest.raises(ValueError, match="`guidance_scale` needs a class-conditional U-Net"):
+        search_guidance_scale(tiny_cascade(), "base", [1, 2], evaluate, [0, 1], verbose=False)
+    pipeline = tiny_cascade(null_label=True)
+    for bad in ([], [1, float("nan")], [-1], [True], "2", None):
+        with pytest.raises(ValueError, match="`scales` must be a non-empty list of numbers"):
+            search_guidance_scale(pipeline, "base", bad, evaluate, [0, 1], verbose=False)
+    assert evaluate.seen == []
