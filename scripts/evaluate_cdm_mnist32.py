@@ -354,20 +354,26 @@ def part_budget(ctx):
 
 
 def part_guidance(ctx):
-    """Classifier-free guidance of the base stage: a base retrained with label dropout
-    (--guidance-base) replaces the preset's; its guidance scale is swept, scored at 8x8 and
-    at the end of the cascade (the upsamplers unguided, the preset's settings), beside the
-    preset's own base (no label dropout). Judges: domain FID, pixel recognition (fidelity
-    to the class), precision and recall (Kynkaenniemi et al.) of the domain classifier's
-    features against the real training digits, near-black share and histogram TV."""
-    folder = Path(ctx.args.guidance_base)
-    if not (folder / "config.json").exists():
-        print(f"guidance: no base stage trained with label dropout at {folder}; train it with "
-              f"`python scripts/train_cdm_mnist32.py --stages base --label-dropout 0.1 --workdir "
-              f"{folder.parent.parent} --no-assemble`")
-        return
-    n, scales = ctx.args.guidance_samples, ctx.args.guidance_scales
-    labels = np.arange(n) % 10
+    """Classifier-free guidance: for each of --guidance-stages, that stage retrained with
+    label dropout (a stage preset in --guidance-dir) replaces the preset's, and its
+    guidance scale is swept, scored at the stage's own resolution and at the end of the
+    cascade (the other stages unguided, the preset's settings), beside the preset's own
+    stage (no label dropout). Judges: domain FID, pixel recognition (fidelity to the
+    class), precision and recall (Kynkaenniemi et al.) of the domain classifier's features
+    against as many real training digits, near-black share and histogram TV."""
+    for name in ctx.args.guidance_stages:
+        folder = Path(ctx.args.guidance_dir) / name
+        if (folder / "config.json").exists():
+            _guidance_of_stage(ctx, name, folder)
+        else:
+            print(f"guidance: no {name} stage trained with label dropout at {folder}; train it with `python "
+                  f"scripts/train_cdm_mnist32.py --stages {name} --label-dropout 0.1 --workdir {folder.parent.parent} "
+                  "--no-assemble`")
+
+
+def _guidance_of_stage(ctx, name, folder):
+    n, scales, names = ctx.args.guidance_samples, ctx.args.guidance_scales, ctx.pipeline.stage_names
+    k, labels = names.index(name), np.arange(n) % 10
 
     def judge(size):
         features = ClassifierFeatures(ctx.classifier(size))
@@ -385,50 +391,53 @@ def part_guidance(ctx):
 
         return evaluate
 
-    guided = CascadedDiffusionPipeline([DiffusionModel.from_preset(str(folder))] + list(ctx.pipeline.stages[1:]),
-                                       ctx.pipeline.sampling)
+    stages = list(ctx.pipeline.stages)
+    stages[k] = DiffusionModel.from_preset(str(folder))
+    guided = CascadedDiffusionPipeline(stages, ctx.pipeline.sampling)
     plain = CascadedDiffusionPipeline(ctx.pipeline.stages, ctx.pipeline.sampling)
-    results, start = {"samples": n, "scales": scales, "base": str(folder)}, time.time()
-    for size, through in ((8, False), (32, True)):
-        evaluate = judge(size)
-        key = "cascade" if through else "base"
-        result = search_guidance_scale(guided, 0, scales, evaluate, labels, seed=ctx.args.seed, batch_size=250,
+    size = stages[k].unet.image_size
+    results, start = {"stage": name, "size": size, "samples": n, "scales": scales, "preset": str(folder)}, time.time()
+    for key, through in (("base", False), ("cascade", True)):  # "base": the stage's own output
+        evaluate = judge(32 if through else size)
+        result = search_guidance_scale(guided, k, scales, evaluate, labels, seed=ctx.args.seed, batch_size=250,
                                        through_cascade=through)
-        preset = search_guidance_scale(plain, 0, [1.0], evaluate, labels, seed=ctx.args.seed, batch_size=250,
+        preset = search_guidance_scale(plain, k, [1.0], evaluate, labels, seed=ctx.args.seed, batch_size=250,
                                        through_cascade=through, verbose=False)
         results[key] = {"rows": result.rows, "preset_base": preset.rows[0]}
     results["seconds"] = round(time.time() - start, 1)
-    ctx.save({"guidance": results})
-    # Pictures: one row per scale, the same seeds and labels (0-9), at 8x8 (enlarged) and 32x32.
-    rows8, rows32 = [], []
+    suffix = "" if k == 0 else f"_{name}"
+    ctx.save({f"guidance{suffix}": results})
+    plot_guidance(results, ctx.out / f"guidance_curves{suffix}.png")
+    # Pictures: one row per scale, the same seeds and labels (0-9): the stage's output (enlarged) and 32x32.
+    rows_stage, rows32 = [], []
     for scale in scales:
-        guided.set_sampling(0, guidance_scale=scale)
+        guided.set_sampling(k, guidance_scale=scale)
         images, steps = guided.generate(labels=np.arange(10), seed=ctx.args.seed, batch_size=10,
                                         return_intermediates=True, verbose=False)
-        rows8.append(keras.ops.convert_to_numpy(keras.ops.image.resize(
-            steps[guided.stage_names[0]].astype("float32"), (32, 32), interpolation="nearest")).astype("uint8"))
+        rows_stage.append(keras.ops.convert_to_numpy(keras.ops.image.resize(
+            steps[name].astype("float32"), (32, 32), interpolation="nearest")).astype("uint8"))
         rows32.append(images)
-    plot_guidance(results, ctx.out / "guidance_curves.png")
-    save_image_grid(np.concatenate(rows8), ctx.out / "guidance_rows_8.png", columns=10)
-    save_image_grid(np.concatenate(rows32), ctx.out / "guidance_rows_32.png", columns=10)
-    print(f"wrote {ctx.out / 'guidance_rows_8.png'} and guidance_rows_32.png (one row per scale: {scales})")
+    save_image_grid(np.concatenate(rows_stage), ctx.out / f"guidance_rows{suffix}_{size}.png", columns=10)
+    save_image_grid(np.concatenate(rows32), ctx.out / f"guidance_rows{suffix}_32.png", columns=10)
+    print(f"wrote {ctx.out}/guidance_rows{suffix}_*.png (one row per scale: {scales})")
     for key in ("base", "cascade"):
-        print(f"\n{key}: | guidance scale | FID | recognition | precision | recall | near-black | histogram TV |"
-              "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for name, row in [("preset base, no label dropout", results[key]["preset_base"])] + [
+        print(f"\n{name} guided, scored at {size if key == 'base' else 32}x: | guidance scale | FID | recognition | "
+              "precision | recall | near-black | histogram TV |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for label, row in [(f"preset {name}, no label dropout", results[key]["preset_base"])] + [
                 (f"{row['guidance_scale']:g}", row) for row in results[key]["rows"]]:
-            print(f"| {name} | {row['fid']:.2f} | {100 * row['recognition']:.1f} % | {row['precision']:.3f} | "
+            print(f"| {label} | {row['fid']:.2f} | {100 * row['recognition']:.1f} % | {row['precision']:.3f} | "
                   f"{row['recall']:.3f} | {100 * row['near_black']:.1f} % | {row['histogram_tv']:.4f} |")
 
 
 def plot_guidance(results, path):
-    """FID, recognition, precision and recall against the guidance scale, at 8x8 and 32x32
-    (dashed: the preset's own base, trained without label dropout)."""
+    """FID, recognition, precision and recall against the guidance scale, at the guided
+    stage's resolution and at 32x32 (dashed: the preset's own stage, no label dropout)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    name, size = results.get("stage", "base"), results.get("size", 8)
     figure, axes = plt.subplots(2, 3, figsize=(11, 6), dpi=100)
     for row, key in enumerate(("base", "cascade")):
         rows, preset = results[key]["rows"], results[key]["preset_base"]
@@ -438,12 +447,13 @@ def plot_guidance(results, path):
             for metric in metrics:
                 line, = axis.plot(scales, [r[metric] for r in rows], marker="o", label=metric)
                 axis.axhline(preset[metric], color=line.get_color(), linestyle="--", linewidth=0.8)
-            axis.set_title(f"{title} ({'8x8 base' if key == 'base' else '32x32 cascade'})", fontsize=9)
-            axis.set_xlabel("guidance scale of the base stage")
+            where = f"{size}x{size} {name}" if key == "base" else "32x32 cascade"
+            axis.set_title(f"{title} ({where})", fontsize=9)
+            axis.set_xlabel(f"guidance scale of the {name} stage")
             if len(metrics) > 1:
                 axis.legend(fontsize=8)
-    figure.suptitle(f"Classifier-free guidance of cdm_mnist32's base ({results['samples']} samples; "
-                    "dashed: the preset's base, no label dropout)", fontsize=10)
+    figure.suptitle(f"Classifier-free guidance of cdm_mnist32's {name} ({results['samples']} samples; "
+                    f"dashed: the preset's {name}, no label dropout)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -493,8 +503,10 @@ def main(argv=None):
     parser.add_argument("--budget-tolerance", type=float, default=0.0, help="relative slack of the guards")
     parser.add_argument("--budget-candidates", help="JSON: {stage: [sampling settings]} instead of the grid")
     parser.add_argument("--budget-tag", help="suffix of the result's key and plot (several runs of one budget)")
-    parser.add_argument("--guidance-base", default="runs/cdm_mnist32_cfg/stages/base",
-                        help="a base stage preset trained with label dropout (guidance part)")
+    parser.add_argument("--guidance-stages", nargs="+", default=["base"], choices=("base", "sr16", "sr32"),
+                        help="the stages to guide, one at a time (guidance part)")
+    parser.add_argument("--guidance-dir", default="runs/cdm_mnist32_cfg/stages",
+                        help="stage presets trained with label dropout, one folder per stage name")
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0, 5.0])
     parser.add_argument("--guidance-samples", type=int, default=2000)
     args = parser.parse_args(argv)
