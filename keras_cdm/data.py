@@ -137,7 +137,9 @@ def _options(batch_size, shuffle, seed, random_flip, cache, drop_remainder, inte
     flags = dict(shuffle=shuffle, random_flip=random_flip, cache=cache, drop_remainder=drop_remainder)
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     seed = check_generator_seed(seed)
-    if seed is None:  # from TensorFlow's global generator: reproducible after tf.random.set_seed
+    if seed is None and (shuffle is True or random_flip is True):
+        # from TensorFlow's global generator (reproducible after tf.random.set_seed), drawn
+        # only when something is random
         seed = int(tf.random.uniform((), maxval=2**32, dtype=tf.int64))
     return {**{name: check_bool(name, value) for name, value in flags.items()},
             "seed": seed,

@@ -556,7 +556,8 @@ def _with_callback(args, kwargs, callback):
 
 def _add_callback(callbacks, callback):
     if isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks.callbacks.append(callback)  # needs no model: CallbackList sets none on it
+        if not any(type(c) is type(callback) for c in callbacks.callbacks):  # a list reused by another fit
+            callbacks.callbacks.append(callback)  # needs no model: CallbackList sets none on it
         return callbacks
     return [*(callbacks or ()), callback]
 

@@ -273,9 +273,11 @@ def test_cache_and_no_shuffle_keep_order():
     dataset = data.from_arrays(images, np.arange(8), batch_size=4, shuffle=False, cache=True)
     for _ in range(2):
         np.testing.assert_array_equal(stacked(dataset, "labels"), np.arange(8))
-    shuffled = data.from_arrays(images, np.arange(8), batch_size=4, seed=1, cache=True)
-    orders = [stacked(shuffled, "labels") for _ in range(2)]
-    assert sorted(orders[0]) == list(range(8)) and not np.array_equal(orders[0], orders[1])
+    for flip in (False, True):  # with flips the cache's shuffle runs inside the per-epoch pass
+        shuffled = data.from_arrays(images, np.arange(8), batch_size=4, seed=1, cache=True, random_flip=flip)
+        orders = [stacked(shuffled, "labels") for _ in range(3)]
+        assert sorted(orders[0]) == list(range(8))
+        assert not np.array_equal(orders[0], orders[1]) or not np.array_equal(orders[1], orders[2])
 
 
 # -- low-res pairs -------------------------------------------------------------------------
