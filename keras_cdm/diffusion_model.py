@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cdm import presets
+from keras_cdm import adapters, lora, presets
 from keras_cdm._compile import compile_with_model
 from keras_cdm._data_epochs import set_epoch
 from keras_cdm._validation import (
@@ -403,6 +403,67 @@ class DiffusionModel(keras.Model):
             for variable, value in zip(variables, saved):
                 variable.assign(value)
 
+    # -- LoRA fine-tuning (keras_cdm.lora) ---------------------------------------------
+
+    def enable_lora(self, rank, target=None, alpha=None):
+        """Enables LoRA of `rank` on the U-Net's layers that `target` names ("attention",
+        "convolutions", "embeddings", or a list; None: attention and convolutions) and
+        freezes every other weight: `compile()` and `fit` then train only the adapter
+        (and its EMA). `alpha` scales the update by alpha / rank (None: the rank).
+        Call it before the stage is trained in this session. Save the adapter alone with
+        `save_lora_weights` or as a preset naming its base (`save_to_preset`); sample at
+        full speed from `merge_lora()`.
+
+        Example:
+        >>> stage = DiffusionModel.from_preset("cdm_mnist32/base")
+        >>> stage.enable_lora(rank=8)
+        >>> stage.compile(learning_rate=1e-4)
+        >>> stage.fit(my_digits, epochs=20)
+        >>> stage.save_to_preset("my_adapter")  # an adapter preset of cdm_mnist32/base
+        """
+        self._check_lora_allowed()
+        config = self.unet.enable_lora(rank, target, alpha)
+        self._samplers = {}
+        return config
+
+    @property
+    def lora_config(self):
+        """{"rank", "alpha", "target"} once LoRA is enabled, else None."""
+        return self.unet.lora_config
+
+    def save_lora_weights(self, path, use_ema=True):
+        """Writes only the adapter (the EMA of its weights when the optimizer has one, as
+        `generate` samples) and its base's fingerprint to `path`, `*.lora.h5`."""
+        lora.check_lora_path(path)
+        with self.ema_weights(use_ema):
+            return self.unet.save_lora_weights(path)
+
+    def load_lora_weights(self, path):
+        """Loads an adapter file onto this stage (enabling LoRA with the file's settings if
+        needed); refuses one trained on another base (architecture or weights)."""
+        if self.lora_config is None:
+            self._check_lora_allowed()
+        config = self.unet.load_lora_weights(path)
+        self._samplers = {}
+        return config
+
+    def merge_lora(self, use_ema=True):
+        """A new stage (same config, uncompiled, without LoRA) whose weights have the
+        adapter merged in (its EMA by default): the same samples at full speed."""
+        lora.lora_weights(self.unet)  # refuses a stage without LoRA
+        merged = type(self).from_config(self.get_config())
+        with self.ema_weights(use_ema):
+            lora.copy_merged(self.unet, merged.unet)
+        merged.preset_source = getattr(self, "preset_source", None)
+        return merged
+
+    def _check_lora_allowed(self):
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and optimizer.built:
+            raise ValueError(f"Stage {self.name!r} has been trained in this session: its optimizer holds the state of "
+                             "all its weights. Enable LoRA on a stage fresh from its preset (or weights file), then "
+                             "`compile()` and `fit`.")
+
     # -- exact resume: the random streams are part of the saved state -------------------
 
     def _seed_states(self):
@@ -415,9 +476,26 @@ class DiffusionModel(keras.Model):
         super().save_own_variables(store)
         for i, state in enumerate(self._seed_states()):
             store[f"seed_state_{i}"] = ops.convert_to_numpy(state)
+        for key, value in lora.checkpoint_state(self.unet).items():  # Keras writes LoRA layers merged
+            store[key] = value
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras' `load_weights`; a stage with LoRA gets back its unmerged weights and its
+        adapter exactly (Keras alone would load the merged weights, adapter zeroed)."""
+        self._lora_checkpoint = {}
+        try:
+            super().load_weights(filepath, *args, **kwargs)
+            if self.lora_config is not None:
+                lora.restore_checkpoint_state(self.unet, self._lora_checkpoint)
+        finally:
+            self._lora_checkpoint = {}
 
     def load_own_variables(self, store):
         keys = list(store.keys())
+        # A LoRA checkpoint's adapter, restored once Keras has loaded the layers (merged
+        # weights); into a stage without LoRA the merged weights load as they are.
+        self._lora_checkpoint = {k: np.asarray(store[k]) for k in keys if k.startswith("lora_")}
+        keys = [k for k in keys if not k.startswith("lora_")]
         super().load_own_variables({k: store[k] for k in keys if not k.startswith("seed_state_")})
         states = self._seed_states()
         saved = [k for k in keys if k.startswith("seed_state_")]
@@ -451,21 +529,29 @@ class DiffusionModel(keras.Model):
         warning, unless `load_weights=False`.
         """
         folder = presets.resolve_preset(preset, revision)
-        model, random = presets.load_stage(folder, load_weights, label=str(preset))
+        model, random = adapters.load_stage(folder, load_weights, label=str(preset), revision=revision)
         if random:
             presets.warn_random_weights(preset)
         return model
 
-    def save_to_preset(self, folder, overwrite=False, include_weights=True, description=None):
+    def save_to_preset(self, folder, overwrite=False, include_weights=True, description=None, base=None,
+                       revision=None):
         """Writes this stage as a preset folder (`config.json`, `metadata.json` and
         `model.weights.h5` with the EMA weights when the optimizer has them).
+
+        With LoRA enabled the preset is an adapter preset (`keras_cdm.adapters`): the
+        adapter alone (its EMA), naming its base: `base` (a built-in name, a folder or
+        an hf:// handle, at `revision`), by default the preset this stage was loaded
+        from; the base is loaded and checked to be the one the adapter was trained on.
+        `stage.merge_lora().save_to_preset(...)` writes the adapted stage in full.
 
         The folder is written atomically; an existing one is replaced only with
         `overwrite=True`. Returns the folder's path.
         """
         presets.check_save_arguments(include_weights, description)
         return presets.write_atomically(
-            folder, lambda tmp: presets.write_stage(self, tmp, include_weights, description), overwrite)
+            folder, lambda tmp: adapters.write_stage(self, tmp, include_weights, description, base, revision),
+            overwrite)
 
     # -- config ---------------------------------------------------------------------
 

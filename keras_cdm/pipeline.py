@@ -16,7 +16,7 @@ import time
 import keras
 import numpy as np
 
-from keras_cdm import presets
+from keras_cdm import adapters, presets
 from keras_cdm._validation import (
     as_array,
     check_bool,
@@ -244,12 +244,12 @@ class CascadedDiffusionPipeline:
         initialised, with one warning unless `load_weights=False`.
         """
         folder = presets.resolve_preset(preset, revision)
-        if presets.preset_kind(folder) == "stage":
-            stage, random = presets.load_stage(folder, load_weights, label=str(preset))
+        if presets.preset_kind(folder) != "cascade":
+            stage, random = adapters.load_stage(folder, load_weights, label=str(preset), revision=revision)
             stages, sampling, description = [stage], None, None
         else:
             config = presets.read_cascade_config(folder)
-            loaded = [presets.load_stage(folder / name, load_weights, label=f"{preset}/{name}")
+            loaded = [adapters.load_stage(folder / name, load_weights, label=f"{preset}/{name}", revision=revision)
                       for name in config["stages"]]
             stages, random = [s for s, _ in loaded], any(r for _, r in loaded)
             sampling, description = config.get("sampling"), config.get("description")
@@ -277,7 +277,7 @@ class CascadedDiffusionPipeline:
         def write(tmp):
             for stage in self.stages:
                 (tmp / stage.name).mkdir()
-                presets.write_stage(stage, tmp / stage.name, include_weights)
+                adapters.write_stage(stage, tmp / stage.name, include_weights)  # an adapter preset for a LoRA stage
             presets.write_cascade(tmp, self.get_config(), self.stages)
 
         return presets.write_atomically(folder, write, overwrite)

@@ -38,6 +38,7 @@ from keras_cdm.version import __version__
 CONFIG, METADATA, WEIGHTS, MODEL_CARD = "config.json", "metadata.json", "model.weights.h5", "README.md"
 CARD_PLACEHOLDER = "hf://OWNER/REPO"  # in the model card's example until `upload_preset` fills it in
 STAGE_CLASS, CASCADE_CLASS, UNET_CLASS = "DiffusionModel", "CascadedDiffusionPipeline", "DiffusionUNet"
+ADAPTER_CLASS = "LoRAAdapter"  # an adapter preset (keras_cdm.adapters): a base preset's name and a LoRA adapter
 # The registered classes each part of a stage config may hold (None: the part may be null),
 # cheapest to build first: a bad value anywhere is found before the U-Net is built.
 STAGE_PARTS = {
@@ -122,11 +123,25 @@ def resolve_preset(preset, revision=None):
         return Path(preset)
     if "/" not in preset and os.sep not in preset:
         return builtin_preset_path(preset)
+    builtin_stage = _builtin_stage(preset)
+    if builtin_stage is not None:
+        return builtin_stage
     with contextlib.suppress(OSError):
         _files.recover_folder(preset)  # a save killed half-way through its swap
     if not _is_folder(preset):
         raise ValueError(f"Preset folder not found. Received: preset={shown(preset)}")
     return Path(preset)
+
+
+def _builtin_stage(preset):
+    """The folder of `cascade/stage` when `cascade` is a built-in cascade preset with that
+    stage (`"cdm_mnist32/base"`, as `hf://owner/repo/stage` names a Hub cascade's stage)."""
+    cascade, _, stage = preset.partition("/")
+    if cascade not in _builtin_names() or not is_name(stage) or preset_kind(builtin_preset_path(cascade)) != "cascade":
+        return None
+    if stage not in read_cascade_config(builtin_preset_path(cascade))["stages"]:
+        return None
+    return builtin_presets_dir() / cascade / stage
 
 
 def _is_folder(path):
@@ -156,7 +171,7 @@ def _read_json(path):
 def preset_kind(folder):
     """"stage" or "cascade", from the folder's `config.json`."""
     config = _read_json(Path(folder) / CONFIG)
-    kinds = {STAGE_CLASS: "stage", CASCADE_CLASS: "cascade"}
+    kinds = {STAGE_CLASS: "stage", CASCADE_CLASS: "cascade", ADAPTER_CLASS: "adapter"}
     return kinds[_check_class(config, tuple(kinds), Path(folder) / CONFIG)]
 
 
@@ -264,19 +279,23 @@ def _build(serialized, where):
         raise ValueError(f"{where}: {cause}") from error
 
 
-def load_stage(folder, load_weights=True, label=None):
+def load_stage(folder, load_weights=True, label=None, name=None):
     """Builds the `DiffusionModel` of a stage preset folder and loads its weights.
 
     Every file is read and checked, and the cheap parts of the model (its diffusion
     and augmentation) are built, before the U-Net is. Returns `(model, random)`:
     `random` is True when weights were asked for but the preset has none (the
-    caller warns once for a whole cascade).
+    caller warns once for a whole cascade). `name` renames the stage (an adapter
+    preset's stage keeps its own name). Adapter presets: `keras_cdm.adapters.load_stage`.
     """
     folder, label = Path(folder), label or str(folder)
     load_weights = check_bool("load_weights", load_weights)
-    if preset_kind(folder) != "stage":
+    kind = preset_kind(folder)
+    if kind != "stage":
         raise ValueError(f"Preset {label!r} is a cascade: load it with CascadedDiffusionPipeline.from_preset, "
-                         "or name one of its stage subfolders.")
+                         "or name one of its stage subfolders." if kind == "cascade" else
+                         f"Preset {label!r} is an adapter preset: it cannot serve here as a full stage (the base of "
+                         "an adapter must be a stage preset).")
     metadata = _check_metadata(_read_json(folder / METADATA), folder / METADATA)
     path = folder / CONFIG
     config = _read_json(path)
@@ -284,7 +303,7 @@ def load_stage(folder, load_weights=True, label=None):
     # which `generate` would then sample with); call `compile()` to fine-tune.
     config.pop("compile_config", None)
     _check_serialized(config, (STAGE_CLASS,), path)
-    inner = config["config"]
+    inner = config["config"] if name is None else {**config["config"], "name": name}
     parts = {}
     for key, allowed in STAGE_PARTS.items():
         if key not in inner and None not in allowed:
@@ -440,6 +459,10 @@ def model_card(folder):
         f"A keras_cdm {kind} preset ({metadata.get('parameter_count', 0):,} parameters, "
         f"{metadata.get('image_size')}x{metadata.get('image_size')} images).", "", "```python",
     ]
+    if kind == "adapter":
+        lines[-1:-1] = [f"A LoRA adapter (rank {metadata.get('rank')}) of the base preset `{metadata.get('base')}`"
+                        f"{'' if not metadata.get('revision') else ' at revision ' + metadata['revision']}: "
+                        "`from_preset` loads the base and attaches it.", ""]
     if kind == "cascade":
         lines += ["from keras_cdm import CascadedDiffusionPipeline", "",
                   'pipeline = CascadedDiffusionPipeline.from_preset("hf://OWNER/REPO")',
@@ -458,11 +481,25 @@ def validate_folder(folder):
     if preset_kind(folder) == "cascade":
         stages = [folder / name for name in read_cascade_config(folder)["stages"]]
     for stage in stages:
-        if preset_kind(stage) != "stage":
-            raise ValueError(f"{stage} must be a stage preset.")
+        if preset_kind(stage) not in ("stage", "adapter"):
+            raise ValueError(f"{stage} must be a stage preset (or an adapter preset).")
         metadata = _check_metadata(_read_json(stage / METADATA), stage / METADATA)
         if metadata.get("weights"):
             _check_weights_file(stage, metadata)
+        if preset_kind(stage) == "adapter":
+            _check_shareable_base(stage)
+
+
+def _check_shareable_base(folder):
+    """An adapter to be uploaded names a base others can load: a built-in preset or an
+    hf:// handle, not a local folder."""
+    base = read_config(folder).get("config", {}).get("base")
+    builtin = isinstance(base, str) and (is_name(base) and base in _builtin_names() or "/" in base and (
+        _builtin_stage(base) is not None))
+    if not (isinstance(base, str) and base.startswith(HF_PREFIX) or builtin):
+        raise ValueError(f"{folder}: the adapter's base {shown(base, 200)} is not a built-in preset or an hf:// "
+                         "handle: others could not load it. Upload the base too and save the adapter with "
+                         "`base='hf://...'`.")
 
 
 def _check_weights_file(stage, metadata):

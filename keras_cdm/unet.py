@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_cdm import layers as cdm_layers
+from keras_cdm import lora
 from keras_cdm._validation import (
     LIMITS,
     check_bool,
@@ -215,6 +216,38 @@ class DiffusionUNet(keras.Model):
     def call(self, inputs, training=None, mask=None):
         _check_inputs(self, inputs)
         return super().call(inputs, training=training, mask=mask)
+
+    # -- LoRA fine-tuning (keras_cdm.lora: Keras' own enable_lora on the chosen layers) ----
+
+    def enable_lora(self, rank, target=None, alpha=None):
+        """Enables LoRA of `rank` on the layers `target` names ("attention",
+        "convolutions", "embeddings", or a list; None: attention and convolutions) and
+        freezes every other weight, so that training moves only the adapter. `alpha`
+        scales the update by alpha / rank (None: the rank, a scale of 1). Returns the
+        LoRA settings (also `lora_config`)."""
+        return lora.enable_lora(self, rank, target, alpha)
+
+    @property
+    def lora_config(self):
+        """{"rank", "alpha", "target"} once `enable_lora` was called, else None."""
+        return lora.lora_config(self)
+
+    def save_lora_weights(self, path):
+        """Writes only the adapter (and its base's fingerprint) to `path`, `*.lora.h5`."""
+        return lora.save_lora_weights(self, path)
+
+    def load_lora_weights(self, path):
+        """Loads an adapter file onto this U-Net (enabling LoRA if needed); refuses an
+        adapter trained on another base (architecture or weights)."""
+        return lora.load_lora_weights(self, path)
+
+    def merge_lora(self):
+        """A new U-Net without LoRA whose weights are this one's with the adapter merged
+        in: the same outputs at full speed."""
+        lora.lora_weights(self)  # refuses a U-Net without LoRA
+        merged = type(self).from_config(self.get_config())
+        lora.copy_merged(self, merged)
+        return merged
 
     def get_config(self):
         return {

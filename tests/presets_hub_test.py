@@ -215,3 +215,30 @@ def test_hub_server_was_not_needed_for_local_loads(cascade, tmp_path):
     # No Hub settings at all: a local folder never touches huggingface_hub's network.
     folder = cascade.save_to_preset(tmp_path / "local")
     assert CascadedDiffusionPipeline.from_preset(Path(folder)).stage_names == ["base", "sr16", "sr32"]
+
+
+def test_an_adapter_preset_of_a_hub_base_is_pinned_to_its_commit_and_shared(cascade, hub, tmp_path, monkeypatch):
+    upload_preset("hf://tester/digits", cascade.save_to_preset(tmp_path / "tiny"))
+    first = hub.commits("tester/digits")[-1]
+    stage = DiffusionModel.from_preset("hf://tester/digits/base")
+    stage.enable_lora(2, "convolutions")
+    stage.compile(learning_rate=1e-2)
+    rng = np.random.default_rng(0)
+    stage.fit({"images": rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32"), "labels": rng.integers(0, 3, 8)},
+              batch_size=8, epochs=1, verbose=0)
+    folder = stage.save_to_preset(tmp_path / "adapter")
+    config = (folder / "config.json").read_text()
+    assert '"base": "hf://tester/digits/base"' in config and f'"revision": "{first}"' in config
+    upload_preset("hf://tester/digits-adapter", folder)
+    # The base repository moves on; the adapter still loads the commit it was trained on.
+    changed = tiny_cascade()
+    changed.stages[0].unet.get_layer("input_conv").bias.assign(np.ones(8, "float32"))
+    upload_preset("hf://tester/digits", changed.save_to_preset(tmp_path / "tiny", overwrite=True))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "fresh-cache"))
+    loaded = DiffusionModel.from_preset("hf://tester/digits-adapter")
+    np.testing.assert_array_equal(loaded.generate(labels=LABELS, seed=1), stage.generate(labels=LABELS, seed=1))
+    # An adapter naming a local folder as its base is refused before anything is uploaded.
+    local = DiffusionModel.from_preset(tmp_path / "tiny" / "base")
+    local.enable_lora(2)
+    with pytest.raises(ValueError, match="others could not load it"):
+        upload_preset("hf://tester/local-adapter", local.save_to_preset(tmp_path / "local_adapter"))
