@@ -18,20 +18,9 @@ import keras
 import numpy as np
 
 from keras_cdm import CascadedDiffusionPipeline, DiffusionModel
+from training_throughput import _StepTimer  # benchmarks/ is the script's folder: on sys.path
 
 BASE = "cdm_mnist32/base"
-
-
-class _StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def training_step(rank, batch, steps, repeats):

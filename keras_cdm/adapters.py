@@ -82,9 +82,10 @@ def read_adapter_config(folder):
     return {**config, **settings}
 
 
-def write_stage(model, folder, include_weights=True, description=None, base=None, revision=None):
+def write_stage(model, folder, include_weights=True, description=None, base=None, revision=None, destination=None):
     """Writes `model` into the empty `folder`: a stage preset, or an adapter preset when
-    LoRA is enabled on it (naming `base`, by default the preset it was loaded from)."""
+    LoRA is enabled on it (naming `base`, by default the preset it was loaded from).
+    `destination`: the folder the preset will replace (an adapter's base may not be in it)."""
     if model.lora_config is None:
         if base is not None or revision is not None:
             raise ValueError("`base` and `revision` name the base of an adapter preset: this stage has no LoRA "
@@ -93,7 +94,7 @@ def write_stage(model, folder, include_weights=True, description=None, base=None
     if not include_weights:
         raise ValueError("An adapter preset is its weights: include_weights=False does not apply to a stage with "
                          "LoRA enabled.")
-    base, revision = _adapter_base(model, base, revision)
+    base, revision = _adapter_base(model, base, revision, destination)
     folder = Path(folder)
     with model.ema_weights():
         model.unet.save_lora_weights(folder / ADAPTER_WEIGHTS)
@@ -115,9 +116,10 @@ def write_stage(model, folder, include_weights=True, description=None, base=None
     (folder / presets.METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def _adapter_base(model, base, revision):
+def _adapter_base(model, base, revision, destination=None):
     """(base, revision) an adapter of `model` names, checked to be the base it was trained
-    on: loaded and fingerprinted (so that the preset written can be loaded)."""
+    on: loaded and fingerprinted (so that the preset written can be loaded), and not inside
+    the `destination` folder that the new preset replaces."""
     source = getattr(model, "preset_source", None)
     if base is None:
         if source is None:
@@ -132,6 +134,10 @@ def _adapter_base(model, base, revision):
         revision = _snapshot_revision(folder)
     if presets.preset_kind(folder) != "stage":
         raise ValueError(f"`base` must be a stage preset (not a cascade or an adapter). Received: base={base!r}")
+    if destination is not None and _inside(folder, destination):
+        raise ValueError(f"The adapter's base {base!r} is inside {str(destination)!r}, which this save replaces: the "
+                         "adapter would lose its base. Save to another folder, or save the merged stage "
+                         "(`merge_lora()`).")
     reference, _ = presets.load_stage(folder, load_weights=True, label=base)
     lora.check_base(reference.unet, lora.base_fingerprint(model.unet), f"Base {base!r}: this stage's adapter")
     return base, revision
@@ -142,3 +148,7 @@ def _snapshot_revision(folder):
     parts = Path(folder).parts
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
+
+def _inside(path, folder):
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents

@@ -180,6 +180,8 @@ class DiffusionModel(keras.Model):
         """
         _check_data(self, x)
         args, kwargs = _with_callback(args, kwargs, _DataEpochs())
+        if _is_dataset(x) and len(args) <= _FIT_SHUFFLE_POSITION and "shuffle" not in kwargs:
+            kwargs["shuffle"] = False  # a dataset is shuffled by its pipeline: Keras would warn at every fit
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None:
             return super().fit(x, *args, **kwargs)
@@ -550,8 +552,8 @@ class DiffusionModel(keras.Model):
         """
         presets.check_save_arguments(include_weights, description)
         return presets.write_atomically(
-            folder, lambda tmp: adapters.write_stage(self, tmp, include_weights, description, base, revision),
-            overwrite)
+            folder, lambda tmp: adapters.write_stage(self, tmp, include_weights, description, base, revision,
+                                                     destination=folder), overwrite)
 
     # -- config ---------------------------------------------------------------------
 
@@ -629,6 +631,11 @@ class _DataEpochs(keras.callbacks.Callback):
 
 
 _FIT_CALLBACKS_POSITION = 4  # fit(x, y, batch_size, epochs, verbose, callbacks, ...): after x
+_FIT_SHUFFLE_POSITION = 7  # ... validation_split, validation_data, shuffle: its index after x
+
+
+def _is_dataset(x):
+    return hasattr(x, "element_spec") and hasattr(x, "take")
 
 
 def _with_callback(args, kwargs, callback):
@@ -654,7 +661,7 @@ def _check_data(model, x):
     batch = None
     if isinstance(x, dict):
         batch = x
-    elif hasattr(x, "element_spec") and hasattr(x, "take"):  # tf.data: check the first batch
+    elif _is_dataset(x):  # tf.data: check the first batch
         for element in x.take(1):
             batch = element[0] if isinstance(element, tuple) else element
     elif hasattr(x, "shape"):  # an array or a tensor instead of a dict

@@ -244,15 +244,14 @@ def read_lora_file(path):
     return config, pairs, file
 
 
-def load_lora_weights(unet, path, check=True):
+def load_lora_weights(unet, path):
     """Loads an adapter file written by `save_lora_weights`: enables LoRA with the file's
     rank, alpha and targets if it is not enabled (else they must agree), checks that the
-    U-Net is the adapter's base (unless `check=False`) and that every adapted layer is
-    there with the right shapes, then assigns A and B. Returns the adapter's config."""
+    U-Net is the adapter's base and that every adapted layer is there with the right
+    shapes, then assigns A and B. Returns the adapter's config."""
     config, pairs, file = read_lora_file(path)
     with file:
-        if check:
-            check_base(unet, config, f"The adapter {path}")
+        check_base(unet, config, f"The adapter {path}")
         current = lora_config(unet)
         settings = {k: config[k] for k in ("rank", "alpha", "target")}
         if current is not None and current != settings:

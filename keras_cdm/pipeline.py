@@ -277,7 +277,8 @@ class CascadedDiffusionPipeline:
         def write(tmp):
             for stage in self.stages:
                 (tmp / stage.name).mkdir()
-                adapters.write_stage(stage, tmp / stage.name, include_weights)  # an adapter preset for a LoRA stage
+                # a LoRA stage is written as an adapter preset
+                adapters.write_stage(stage, tmp / stage.name, include_weights, destination=folder)
             presets.write_cascade(tmp, self.get_config(), self.stages)
 
         return presets.write_atomically(folder, write, overwrite)

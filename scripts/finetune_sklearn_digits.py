@@ -101,15 +101,21 @@ def judge(images, labels, judges, held):
         extractor = judges[name]["extractor"]
         real = compute_statistics(held[0], extractor)
         out[f"fid_{name}"] = float(fid(real, compute_statistics(images, extractor)))
-    out["recognition"] = recognition_accuracy(judges["cnn"]["model"], images, labels, 10)["top1"]
+    recognition = recognition_accuracy(judges["cnn"]["model"], images, labels, 10)
+    out["recognition"] = recognition["top1"]
+    out["recognition_per_class"] = [round(float(v), 3) for v in recognition["per_class_top1"]]
     out["histogram_tv"] = histogram_distance(images, held[0], bins=8)
     return out
 
 
 def finetune(name, workdir, train, epochs, seed):
-    """Fine-tunes the base stage (run `name` of RUNS); resumable; returns the stage and its
-    record (time, trainable parameters, preset size)."""
+    """Fine-tunes the base stage (run `name` of RUNS); resumable, and a finished run is loaded
+    from its preset; returns the stage and its record (time, trainable parameters, preset size)."""
     learning_rate, rank = RUNS[name]
+    folder, record = Path(workdir) / "presets" / name, Path(workdir) / "records" / f"{name}.json"
+    if record.exists() and (folder / "config.json").exists():
+        print(f"{name}: already fine-tuned ({folder})")
+        return DiffusionModel.from_preset(folder), json.loads(record.read_text())
     keras.utils.set_random_seed(seed)
     stage = DiffusionModel.from_preset(BASE)
     if rank is not None:
@@ -124,9 +130,11 @@ def finetune(name, workdir, train, epochs, seed):
     folder = stage.save_to_preset(Path(workdir) / "presets" / name, overwrite=True,
                                   description=f"cdm_mnist32 base fine-tuned on sklearn digits ({name})")
     size = sum(f.stat().st_size for f in Path(folder).iterdir() if f.name.endswith(".h5"))
-    return stage, {"seconds": round(seconds, 1), "trainable_parameters": trainable, "weights_bytes": size,
-                   "learning_rate": learning_rate, "rank": rank, "epochs": epochs,
-                   "steps": epochs * (len(train[0]) // BATCH)}
+    result = {"seconds": round(seconds, 1), "trainable_parameters": trainable, "weights_bytes": size,
+              "learning_rate": learning_rate, "rank": rank, "epochs": epochs, "steps": epochs * (len(train[0]) // BATCH)}
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps(result) + "\n")
+    return stage, result
 
 
 def main(argv=None):
@@ -137,6 +145,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="runs/finetune_sklearn")
     parser.add_argument("--out", default="docs/finetuning")
+    parser.add_argument("--cascade-run", default="lora_r4",
+                        help="the adapter the cascade picture uses (the best rank within 10 %% of the parameters)")
     args = parser.parse_args(argv)
     workdir, out = Path(args.workdir), Path(args.out)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -184,9 +194,8 @@ def main(argv=None):
     save_image_grid(grid, out / "samples.png", columns=10)
     (out / "samples_rows.txt").write_text("\n".join(rows) + "\n")
     # The cascade with the adapted base: sklearn-style 8x8 digits turned into 32x32 ones.
-    lora_runs = [n for n in args.runs if n.startswith("lora")]
-    if lora_runs:
-        best = min(lora_runs, key=lambda n: results[n]["fid_cnn"])
+    if args.cascade_run in stages:
+        best = args.cascade_run
         adapted = CascadedDiffusionPipeline([stages[best].merge_lora(), *pipeline.stages[1:]], pipeline.sampling)
         per_class = np.tile(np.arange(10), 2).astype("int32")
         rows32 = [pipeline.generate(labels=per_class, seed=args.seed + 2, verbose=False),

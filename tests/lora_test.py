@@ -259,6 +259,10 @@ def test_a_cascade_preset_may_swap_a_stage_for_an_adapted_one(tmp_path):
     assert reloaded.stages[0].lora_config is not None
     np.testing.assert_array_equal(reloaded.generate(labels=[0, 1], seed=2, verbose=False),
                                   adapted.generate(labels=[0, 1], seed=2, verbose=False))
+    # Saving over the cascade its adapter's base lives in would leave the adapter without its base.
+    with pytest.raises(ValueError, match="lose its base"):
+        adapted.save_to_preset(cascade_folder, overwrite=True)
+    assert json.loads((cascade_folder / "base" / "config.json").read_text())["class_name"] == "DiffusionModel"
     # An adapter preset alone loads as a one-stage pipeline too.
     assert CascadedDiffusionPipeline.from_preset(folder / "base").stage_names == ["base"]
 
