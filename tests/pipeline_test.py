@@ -158,3 +158,25 @@ def test_iter_generate_streams_the_same_images(cascade, sampled):
         next(cascade.iter_generate(labels=LABELS, chunk_size=0))
     with pytest.raises(ValueError, match="`output` must be one of"):
         cascade.generate(labels=[0], output="png")
+
+
+@pytest.mark.tensorflow_only
+def test_a_cascade_generate_prints_no_retracing_warning():
+    """Every stage's sampler is traced once per batch shape (then once more for any batch,
+    TensorFlow's reduce_retracing); TensorFlow used to count all samplers as one function
+    (they share the code of one lambda) and warn of 'excessive retracing'."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        cascade = tiny_cascade()
+        for count in (2, 3, 5, 7):
+            cascade.generate(labels=[0] * count, seed=0, batch_size=count, verbose=False)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]
+    assert all(f.experimental_get_tracing_count() <= 2 for s in cascade.stages for f in s._samplers.values())
