@@ -151,11 +151,11 @@ def check_bool(name, value):
 
 
 def check_verbose(value, name="verbose"):
-    """A progress-bar setting: True, False or "auto" (and 1 or 0, as Keras' `fit` takes them)."""
+    """A progress-bar setting: True, False or "auto"."""
     if isinstance(value, str) and value == "auto":
         return value
-    if not isinstance(value, (bool, np.bool_)) and not (is_int(value) and value in (0, 1)):
-        raise ValueError(f'`{name}` must be True, False or "auto" (or 1, 0). Received: {name}={shown(value)}')
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f'`{name}` must be True, False or "auto". Received: {name}={shown(value)}')
     return bool(value)
 
 

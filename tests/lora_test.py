@@ -22,9 +22,15 @@ def tiny_stage(seed=0, name="base"):
     return stage
 
 
-@pytest.fixture
-def base_preset(tmp_path):
-    return tiny_stage().save_to_preset(tmp_path / "base")
+@pytest.fixture(scope="module")
+def base_preset(tmp_path_factory):
+    return tiny_stage().save_to_preset(tmp_path_factory.mktemp("lora") / "base")
+
+
+@pytest.fixture(scope="module")
+def tuned(base_preset):
+    """A stage fine-tuned with LoRA on every target (shared: tests only read it)."""
+    return finetuned(base_preset, target=("attention", "convolutions", "embeddings"))
 
 
 def data(n=16, seed=0):
@@ -114,7 +120,7 @@ def test_enable_lora_refusals(base_preset):
         stage.save_lora_weights(Path(base_preset).parent / "a.weights.h5")
     trained = DiffusionModel.from_preset(base_preset)
     trained.compile()
-    trained.fit(data(8), batch_size=8, epochs=1, verbose=0)
+    trained.optimizer.build(trained.trainable_variables)  # as the first training step does
     with pytest.raises(ValueError, match="trained in this session"):
         trained.enable_lora(2)
 
@@ -122,8 +128,8 @@ def test_enable_lora_refusals(base_preset):
 # -- adapters: files, merging, checkpoints ---------------------------------------------------------------------
 
 
-def test_adapter_file_round_trip_gives_identical_samples(base_preset, tmp_path):
-    stage = finetuned(base_preset, target=("attention", "convolutions", "embeddings"))
+def test_adapter_file_round_trip_gives_identical_samples(base_preset, tuned, tmp_path):
+    stage = tuned
     path = stage.save_lora_weights(tmp_path / "digits.lora.h5")
     assert path.stat().st_size < 200_000
     fresh = DiffusionModel.from_preset(base_preset)
@@ -137,8 +143,8 @@ def test_adapter_file_round_trip_gives_identical_samples(base_preset, tmp_path):
         other.load_lora_weights(path)
 
 
-def test_merge_gives_the_unmerged_outputs_without_lora(base_preset):
-    stage = finetuned(base_preset, target=("attention", "convolutions", "embeddings"))
+def test_merge_gives_the_unmerged_outputs_without_lora(tuned):
+    stage = tuned
     merged = stage.merge_lora(use_ema=False)
     assert merged.lora_config is None and merged.unet.count_params() == stage.unet.count_params() - sum(
         int(np.prod(v.shape)) for pair in lora.lora_weights(stage.unet).values() for v in pair)
@@ -162,9 +168,9 @@ def test_a_checkpoint_of_a_lora_stage_resumes_exactly(base_preset, tmp_path):
         stage.fit(data(), batch_size=8, epochs=epochs, verbose=0, callbacks=[BackupAndRestore(str(backup))])
         return stage
 
-    straight = run(3, tmp_path / "straight")
+    straight = run(2, tmp_path / "straight")
     run(1, tmp_path / "resumed")
-    resumed = run(3, tmp_path / "resumed")  # restores epoch 1 and trains epochs 2 and 3
+    resumed = run(2, tmp_path / "resumed")  # restores epoch 1 and trains epoch 2
     for a, b in zip(straight.weights, resumed.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
     path = tmp_path / "w.weights.h5"
@@ -174,8 +180,8 @@ def test_a_checkpoint_of_a_lora_stage_resumes_exactly(base_preset, tmp_path):
     np.testing.assert_allclose(unet_output(plain.unet), unet_output(straight.unet), rtol=1e-4, atol=1e-5)
 
 
-def test_an_adapter_refuses_another_base(base_preset, tmp_path):
-    path = finetuned(base_preset).save_lora_weights(tmp_path / "a.lora.h5")
+def test_an_adapter_refuses_another_base(base_preset, tuned, tmp_path):
+    path = tuned.save_lora_weights(tmp_path / "a.lora.h5")
     changed = DiffusionModel.from_preset(base_preset)
     changed.unet.get_layer("input_conv").bias.assign(np.full((8,), 0.5, "float32"))
     with pytest.raises(ValueError, match="weights differ"):
@@ -193,12 +199,13 @@ def test_an_adapter_refuses_another_base(base_preset, tmp_path):
 # -- adapter presets ----------------------------------------------------------------------------------------
 
 
-def test_adapter_preset_names_its_base_and_loads_to_the_same_samples(base_preset, tmp_path):
-    stage = finetuned(base_preset)
+def test_adapter_preset_names_its_base_and_loads_to_the_same_samples(base_preset, tuned, tmp_path):
+    stage = tuned
     folder = stage.save_to_preset(tmp_path / "adapter")
     assert sorted(p.name for p in folder.iterdir()) == ["adapter.lora.h5", "config.json", "metadata.json"]
     config = json.loads((folder / "config.json").read_text())["config"]
     assert config["base"] == str(base_preset) and config["rank"] == 2 and len(config["weights_sha256"]) == 64
+    assert config["target"] == ["attention", "convolutions", "embeddings"]
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["adapter_parameter_count"] == sum(int(np.prod(v.shape)) for v in stage.trainable_variables)
     size = (folder / "adapter.lora.h5").stat().st_size  # the factors in float32, and HDF5's few kB per layer
@@ -206,14 +213,20 @@ def test_adapter_preset_names_its_base_and_loads_to_the_same_samples(base_preset
         lora.lora_weights(stage.unet)) < (Path(base_preset) / "model.weights.h5").stat().st_size
     loaded = DiffusionModel.from_preset(folder)
     assert loaded.name == "base" and loaded.lora_config == stage.lora_config
-    np.testing.assert_array_equal(loaded.generate(labels=[0, 2], seed=5), stage.generate(labels=[0, 2], seed=5))
+    # (to float32 rounding: the shared stage's sampler may already be traced for any batch size, TensorFlow's
+    # relaxed shape, whose kernels round differently from a trace for this batch: 2e-7 measured)
+    np.testing.assert_allclose(loaded.generate(labels=[0, 2], seed=5), stage.generate(labels=[0, 2], seed=5),
+                               atol=1e-6)
     # A loaded adapter is saved again naming the same base; fine-tuning can go on.
     again = loaded.save_to_preset(tmp_path / "again")
     assert json.loads((again / "config.json").read_text())["config"]["base"] == str(base_preset)
-    # The base changes under the adapter: refused, naming the weights.
+    # The base changes under the adapter (here: the adapter made to name another one): refused, naming the weights.
     changed = DiffusionModel.from_preset(base_preset)
     changed.unet.get_layer("input_conv").bias.assign(np.full((8,), 0.5, "float32"))
-    changed.save_to_preset(base_preset, overwrite=True)
+    changed.save_to_preset(tmp_path / "changed_base")
+    text = (folder / "config.json").read_text().replace(json.dumps(str(base_preset)),
+                                                        json.dumps(str(tmp_path / "changed_base")))
+    (folder / "config.json").write_text(text)
     with pytest.raises(ValueError, match="weights differ"):
         DiffusionModel.from_preset(folder)
 
@@ -231,7 +244,9 @@ def test_adapter_preset_refusals(base_preset, tmp_path):
         tiny_stage().save_to_preset(tmp_path / "b", base=str(base_preset))
     with pytest.raises(ValueError, match="include_weights"):
         stage.save_to_preset(tmp_path / "c", base=str(base_preset), include_weights=False)
-    folder = finetuned(base_preset).save_to_preset(tmp_path / "adapter")
+    folder = DiffusionModel.from_preset(base_preset)
+    folder.enable_lora(2)
+    folder = folder.save_to_preset(tmp_path / "adapter")
     # a local base cannot be shared on the Hub
     from keras_cdm.presets import validate_folder
     with pytest.raises(ValueError, match="others could not load it"):
