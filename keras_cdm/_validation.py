@@ -44,6 +44,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")  # a SHA-256 as written in presets and adapter files: 64 lowercase hex digits
+
+
 def shown(value, limit=200):
     """`repr(value)`, shortened to `limit` characters (errors quote what they received)."""
     try:

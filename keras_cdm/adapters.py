@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from keras_cdm import _hub, lora, presets
-from keras_cdm._validation import check_text, is_name, shown
+from keras_cdm._validation import SHA256, check_text, is_name, shown
 
 ADAPTER_WEIGHTS = "adapter" + lora.SUFFIX
 _CONFIG_KEYS = {"base", "revision", "name", "rank", "alpha", "target", "architecture_sha256", "weights_sha256"}
@@ -75,7 +75,7 @@ def read_adapter_config(folder):
         settings = {"rank": rank, "alpha": lora.check_alpha(config.get("alpha"), rank),
                     "target": list(lora.check_targets(config.get("target")))}
         for key in ("architecture_sha256", "weights_sha256"):
-            if not (isinstance(config.get(key), str) and presets._SHA256.fullmatch(config[key])):
+            if not (isinstance(config.get(key), str) and SHA256.fullmatch(config[key])):
                 raise ValueError(f"`{key}` must be 64 lowercase hex digits. Received: {shown(config.get(key), 80)}")
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
@@ -94,11 +94,11 @@ def write_stage(model, folder, include_weights=True, description=None, base=None
     if not include_weights:
         raise ValueError("An adapter preset is its weights: include_weights=False does not apply to a stage with "
                          "LoRA enabled.")
-    base, revision = _adapter_base(model, base, revision, destination)
+    fingerprint = lora.base_fingerprint(model.unet)  # once: it hashes every base weight
+    base, revision = _adapter_base(model, base, revision, destination, fingerprint)
     folder = Path(folder)
     with model.ema_weights():
-        model.unet.save_lora_weights(folder / ADAPTER_WEIGHTS)
-    fingerprint = lora.base_fingerprint(model.unet)
+        lora.save_lora_weights(model.unet, folder / ADAPTER_WEIGHTS, fingerprint)
     config = {"base": base, "revision": revision, "name": model.name, **model.lora_config, **fingerprint}
     serialized = {"module": "keras_cdm.adapters", "class_name": presets.ADAPTER_CLASS,
                   "registered_name": f"keras_cdm>{presets.ADAPTER_CLASS}", "config": config}
@@ -116,7 +116,7 @@ def write_stage(model, folder, include_weights=True, description=None, base=None
     (folder / presets.METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def _adapter_base(model, base, revision, destination=None):
+def _adapter_base(model, base, revision, destination, fingerprint):
     """(base, revision) an adapter of `model` names, checked to be the base it was trained
     on: loaded and fingerprinted (so that the preset written can be loaded), and not inside
     the `destination` folder that the new preset replaces."""
@@ -139,7 +139,7 @@ def _adapter_base(model, base, revision, destination=None):
                          "adapter would lose its base. Save to another folder, or save the merged stage "
                          "(`merge_lora()`).")
     reference, _ = presets.load_stage(folder, load_weights=True, label=base)
-    lora.check_base(reference.unet, lora.base_fingerprint(model.unet), f"Base {base!r}: this stage's adapter")
+    lora.check_base(reference.unet, fingerprint, f"Base {base!r}: this stage's adapter")
     return base, revision
 
 

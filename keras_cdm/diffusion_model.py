@@ -496,7 +496,8 @@ class DiffusionModel(keras.Model):
         keys = list(store.keys())
         # A LoRA checkpoint's adapter, restored once Keras has loaded the layers (merged
         # weights); into a stage without LoRA the merged weights load as they are.
-        self._lora_checkpoint = {k: np.asarray(store[k]) for k in keys if k.startswith("lora_")}
+        self._lora_checkpoint = {k: np.asarray(store[k]) for k in keys
+                                 if k.startswith("lora_") and self.lora_config is not None}
         keys = [k for k in keys if not k.startswith("lora_")]
         super().load_own_variables({k: store[k] for k in keys if not k.startswith("seed_state_")})
         states = self._seed_states()

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cdm._validation import check_finite, check_int, shown
+from keras_cdm._validation import SHA256, check_finite, check_int, shown
 
 # The layers each target names, by the Keras class and the role they have in the U-Net.
 TARGETS = {
@@ -175,10 +175,9 @@ def base_fingerprint(unet):
 
 def check_base(unet, expected, where):
     """Refuses an adapter (`expected`: its base fingerprint) for a U-Net that is not its base."""
-    got = base_fingerprint(unet) if expected.get("weights_sha256") else {
-        "architecture_sha256": architecture_sha256(unet)}
+    got = base_fingerprint(unet)
     for key, what in (("architecture_sha256", "architecture (U-Net config)"), ("weights_sha256", "weights")):
-        if expected.get(key) and got[key] != expected[key]:
+        if got[key] != expected[key]:
             raise ValueError(f"{where} was trained on another base model: its {what} differ. The adapter's base has "
                              f"{key}={expected[key]}; this model has {got[key]}. Load the adapter onto the base it "
                              "was trained on.")
@@ -193,14 +192,15 @@ def check_lora_path(path, name="path"):
     return Path(path)
 
 
-def save_lora_weights(unet, path):
+def save_lora_weights(unet, path, fingerprint=None):
     """Writes the adapter (A and B of every adapted layer), its rank, alpha and targets, and
-    the base's fingerprint to `path` (`*.lora.h5`, written atomically). Returns the path."""
+    the base's fingerprint (`base_fingerprint`, computed unless given) to `path`
+    (`*.lora.h5`, written atomically). Returns the path."""
     import h5py
 
     path = check_lora_path(path)
     weights = lora_weights(unet)
-    config, fingerprint = lora_config(unet), base_fingerprint(unet)
+    config, fingerprint = lora_config(unet), fingerprint or base_fingerprint(unet)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as file:
         file.attrs["format"] = FORMAT
@@ -233,6 +233,9 @@ def read_lora_file(path):
             raise ValueError(f"{path}: the adapter's config must be a JSON object.")
         config.update(rank=check_rank(config.get("rank")), target=list(check_targets(config.get("target"))),
                       alpha=check_alpha(config.get("alpha"), config.get("rank")))
+        for key in ("architecture_sha256", "weights_sha256"):  # the base's identity: required
+            if not (isinstance(config.get(key), str) and SHA256.fullmatch(config[key])):
+                raise ValueError(f"`{key}` must be 64 lowercase hex digits. Received: {shown(config.get(key), 80)}")
         pairs = {}
         for name, group in file.items():
             if not isinstance(group, h5py.Group) or set(group) != {"a", "b"}:

@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import json
 import os
-import re
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +29,7 @@ import keras
 
 from keras_cdm import _files, _hub
 from keras_cdm._hub import HF_PREFIX, check_revision, parse_hf_handle
-from keras_cdm._validation import LIMITS, check_bool, check_text, is_name, name_rule, shown
+from keras_cdm._validation import LIMITS, SHA256, check_bool, check_text, is_name, name_rule, shown
 from keras_cdm.version import __version__
 
 # `presets.LIMITS` (the dict of keras_cdm._validation) is the public home of the bounds of
@@ -49,7 +48,6 @@ STAGE_PARTS = {
 CASCADE_KEYS = ("stages", "sampling", "description")
 _SERIALIZED_KEYS = {"module", "class_name", "config", "registered_name", "build_config", "compile_config"}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # -- built-in presets ------------------------------------------------------------------
@@ -257,7 +255,7 @@ _METADATA_FIELDS = {
     "parameter_count": ("an integer >= 0", lambda v: _is_count(v, LIMITS["parameters"] * LIMITS["stages"])),
     "weights": ("null or a file name", lambda v: v is None or (is_name(v) and Path(v).name == v)),
     "weights_sha256": ("null or 64 lowercase hex digits", lambda v: v is None or (
-        isinstance(v, str) and bool(_SHA256.fullmatch(v)))),
+        isinstance(v, str) and bool(SHA256.fullmatch(v)))),
     "image_size": ("null or a positive integer", lambda v: v is None or (_is_count(v, LIMITS["image_size"]) and v)),
 }
 

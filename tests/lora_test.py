@@ -191,6 +191,17 @@ def test_an_adapter_refuses_another_base(base_preset, tuned, tmp_path):
                            GaussianDiffusion(10, "cosine", variance="learned_range", loss="hybrid"))
     with pytest.raises(ValueError, match="architecture"):
         wider.load_lora_weights(path)
+    import shutil
+
+    import h5py
+
+    unsigned = shutil.copy(path, tmp_path / "unsigned.lora.h5")  # without the base's weights hash
+    with h5py.File(unsigned, "r+") as file:
+        config = json.loads(file.attrs["config"])
+        del config["weights_sha256"]
+        file.attrs["config"] = json.dumps(config)
+    with pytest.raises(ValueError, match="weights_sha256"):
+        DiffusionModel.from_preset(base_preset).load_lora_weights(unsigned)
     (tmp_path / "junk.lora.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="not a readable adapter file"):
         DiffusionModel.from_preset(base_preset).load_lora_weights(tmp_path / "junk.lora.h5")
