@@ -47,15 +47,16 @@ def _run_jobs(jobs, log):
     assert done.returncode == 0, Path(log).read_text()[-3000:]
 
 
-def _kill_at_random(job, seed, log, window=None):
+def _kill_at_random(job, seed, log, window=None, surely=False):
     """Runs one job and SIGKILLs it at a random instant once its train function is traced
     (the second batch began). With `window` (seconds, the length of the rest of an
     uninterrupted run): a uniform instant in it. Without: after a random batch from the
     third on, a random delay up to 1.5 times the longest interval between two batches so
-    far (a batch, and the backup written after it). Returns the return code and whether
-    `fit` had ended before the kill."""
+    far (a batch, and the backup written after it). `surely`: at once after a random batch
+    before the last, so `fit` cannot have ended whatever the machine's speed. Returns the
+    return code and whether `fit` had ended before the kill."""
     rng = np.random.default_rng(seed)
-    target = int(rng.integers(3, STEPS + 1))
+    target = int(rng.integers(3, STEPS if surely else STEPS + 1))
     with open(log, "w") as stderr:
         process = subprocess.Popen(_argv([dict(job, report=True)]), cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
                                    text=True)
@@ -71,7 +72,8 @@ def _kill_at_random(job, seed, log, window=None):
                     time.sleep(rng.uniform(0, window))
                     break
                 if window is None and len(times) == target:
-                    time.sleep(rng.uniform(0, 1.5 * max(np.diff(times[1:]))))
+                    if not surely:
+                        time.sleep(rng.uniform(0, 1.5 * max(np.diff(times[1:]))))
                     break
             process.send_signal(signal.SIGKILL)
             ended = ended or "END" in process.stdout.read()
@@ -126,11 +128,15 @@ def run_trials(folder, trials, extra_jobs=(), prepare=None, seed=0, windows=None
         else:
             # A random instant can fall after `fit` ended (the last batch, then a long delay):
             # that run was not interrupted, so it tests nothing; draw another instant. The
-            # finished run deleted its backup folder, so the next attempt starts afresh.
+            # finished run deleted its backup folder, so the next attempt starts afresh. On a
+            # slow machine one long interval (the first backup) can make every delay too long:
+            # the last attempt kills right after a batch before the last one.
             window = None if windows is None else windows[trial["job"]["save_freq"]]
             for attempt in range(RANDOM_ATTEMPTS):
+                last = attempt == RANDOM_ATTEMPTS - 1
                 code, ended = _kill_at_random(dict(trial["job"], out=str(folder / f"{trial['name']}.finished.npz")),
-                                              (seed * 100_003 + index) * RANDOM_ATTEMPTS + attempt, log, window)
+                                              (seed * 100_003 + index) * RANDOM_ATTEMPTS + attempt, log,
+                                              None if last else window, surely=last)
                 if code == -signal.SIGKILL and not ended:
                     break
         backup = Path(trial["job"]["backup"])
