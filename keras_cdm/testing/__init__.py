@@ -170,7 +170,13 @@ def gradient(fn, x):
         import jax
 
         return to_numpy(jax.grad(lambda v: keras.ops.sum(fn(v)))(keras.ops.convert_to_tensor(x)))
-    raise NotImplementedError(backend)
+    if backend == "torch":
+        import torch
+
+        x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(keras.ops.sum(fn(x)), x)
+        return to_numpy(grad)
+    raise NotImplementedError(f"gradient() supports the backends tensorflow, jax and torch. Received: {backend!r}")
 
 
 def mnist_digits(per_class=1, size=8, classes=range(10)):
