@@ -27,20 +27,25 @@ architecture: $(STAMP)
 	$(VENV)/bin/keras-cdm architecture $(PRESET)
 
 # The whole suite under TensorFlow and, at the same time (much of a test's time is
-# single-threaded tracing, so two passes share 2 cores well), the backend-dependent tests
-# under JAX, plus the guides (each runs in its own process, in fast mode: the JAX pass is the
-# lighter one); each pass logs to its own file, printed when both are done. The target fails
-# if either pass fails; pytest exits non-zero when it collects nothing, so an empty run fails CI.
+# single-threaded tracing, so two lanes share 2 cores well), the backend-dependent tests
+# under JAX, plus the guides (each runs in its own process, in fast mode), then the
+# backend-dependent tests under PyTorch (eager: about 4 minutes); each pass logs to its own
+# file, printed when all are done. The target fails if any pass fails; pytest exits non-zero
+# when it collects nothing, so an empty run fails CI.
 test: $(STAMP)
 	@tmp=$$(mktemp -d); \
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q --basetemp=$$tmp/tf -m "not guides" > .test-tensorflow.log 2>&1 & tf=$$!; \
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider --basetemp=$$tmp/jax \
 	    -m "(not backend_neutral and not tensorflow_only) or guides" > .test-jax.log 2>&1; jax=$$?; \
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider --basetemp=$$tmp/torch \
+	    -m "not backend_neutral and not tensorflow_only and not guides" > .test-torch.log 2>&1; torch=$$?; \
 	wait $$tf; tf=$$?; \
 	echo "== KERAS_BACKEND=tensorflow pytest -q -m 'not guides' (exit $$tf)"; cat .test-tensorflow.log; \
 	echo "== KERAS_BACKEND=jax pytest -q -m '(not backend_neutral and not tensorflow_only) or guides' (exit $$jax)"; \
 	cat .test-jax.log; \
-	test $$tf -eq 0 && test $$jax -eq 0
+	echo "== KERAS_BACKEND=torch pytest -q -m 'not backend_neutral and not tensorflow_only and not guides' (exit $$torch)"; \
+	cat .test-torch.log; \
+	test $$tf -eq 0 && test $$jax -eq 0 && test $$torch -eq 0
 
 # Retrain cdm_mnist32 from scratch (seeded; rerun to resume) into presets/cdm_mnist32, then
 # measure it (tables, plots and pictures into docs/cdm_mnist32/). See docs/cdm_mnist32.md.

@@ -7,6 +7,7 @@ parameter counts as the canonical implementation.
 """
 
 import math
+import random
 
 import keras
 from keras import ops
@@ -402,7 +403,11 @@ class ResidualBlock(keras.layers.Layer):
             2 * out if self.use_scale_shift_norm else out, name="embedding_proj", dtype=dtype
         )
         self.norm_out = _group_norm(self.num_groups, self.epsilon, "norm_out", dtype)
-        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout", dtype=dtype)
+        # The seed Keras would draw for seed=None (same draw, same masks on TensorFlow and JAX),
+        # given explicitly: with seed=None PyTorch's Keras drops out with torch's global
+        # generator, which no checkpoint holds, so a resumed run would train differently.
+        self.dropout_layer = keras.layers.Dropout(self.dropout, seed=random.randint(1, 10**9), name="dropout",
+                                                  dtype=dtype)
         self.conv_out = conv(out, 3, "conv_out", kernel_initializer="zeros")
         self.skip = conv(out, 1, "skip") if out != channels else None
 

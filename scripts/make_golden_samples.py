@@ -3,7 +3,8 @@ tests/golden_samples_test.py (see keras_cdm/testing/golden.py).
 
 Run it only when the shipped preset's weights change on purpose (a retrain), once per
 backend: `KERAS_BACKEND=tensorflow python scripts/make_golden_samples.py`, then with
-`KERAS_BACKEND=jax`. A refactor must leave these arrays unchanged: that is what the test checks.
+`KERAS_BACKEND=jax` and `KERAS_BACKEND=torch`.
+A refactor must leave these arrays unchanged: that is what the test checks.
 """
 
 from pathlib import Path
