@@ -1,5 +1,6 @@
 """CascadedDiffusionPipeline on a tiny 8 -> 16 -> 32 cascade with random weights."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -180,3 +181,17 @@ def test_a_cascade_generate_prints_no_retracing_warning():
         logger.removeHandler(handler)
     assert not [r for r in records if "retracing" in r.getMessage()]
     assert all(f.experimental_get_tracing_count() <= 2 for s in cascade.stages for f in s._samplers.values())
+
+
+def test_under_pytorch_samplers_record_no_autograd_graph():
+    """PyTorch runs the sampler eagerly: inside `torch.inference_mode` no op is recorded for
+    backpropagation (the U-Net's weights require gradients, so without it every op would be)."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch backend only")
+    from keras_cdm._compile import compile_with_model
+
+    stage = tiny_cascade().stages[0]
+    inputs = {key: np.zeros((2, *spec.shape[1:]), spec.dtype) for key, spec in stage.unet.input.items()}
+    output = compile_with_model(stage.unet, lambda apply, x: apply(x))(inputs)
+    assert output.is_inference() and not output.requires_grad
+    assert stage.unet(inputs, training=False).requires_grad  # what inference_mode turns off
