@@ -10,6 +10,7 @@ samples the stage alone, with the optimizer's EMA weights when they exist.
 import contextlib
 import dataclasses
 import math
+import threading
 
 import keras
 import numpy as np
@@ -310,15 +311,10 @@ class DiffusionModel(keras.Model):
         `labels`: int32 labels or None; `seeds`: int32 per-example seeds;
         `low_res_images`: float32 images in [-1, 1] (super-resolution stages).
         """
-        conditioning = {} if labels is None else {"labels": ops.convert_to_tensor(labels, "int32")}
-        if low_res_images is not None:
-            conditioning.update(self._sampling_low_res_inputs(low_res_images, plan, seeds))
-        shape = (len(seeds), self.unet.image_size, self.unet.image_size, self.unet.image_channels)
-        state = initial_state(plan.process.initial_noise(shape, seeds), plan.sampler)
+        state, seed_tensor, conditioning = self._loop_inputs(plan, labels, seeds, low_res_images)
         total = plan.num_network_evaluations
         chunk = total if not _show_progress(verbose, total) else max(1, math.ceil(total / 20))
         progress = keras.utils.Progbar(total, unit_name="step") if chunk < total else None
-        seed_tensor = ops.convert_to_tensor(seeds, "int32")
         with self.ema_weights(use_ema):
             done = 0
             while done < total:
@@ -330,25 +326,59 @@ class DiffusionModel(keras.Model):
                     progress.update(done)
         return np.asarray(ops.convert_to_numpy(state_sample(state)))
 
+    def prepare_plan(self, plan, batch_size):
+        """Compiles the sampler that `run_plan(plan, ...)` (without a progress bar) runs on
+        batches of `batch_size`, without sampling, so that such a call starts at once.
+        Returns whether there was anything to compile (False when it was compiled already,
+        or under PyTorch, which runs eagerly). Safe to call in another thread while other
+        stages sample: `CascadedDiffusionPipeline.generate` prepares its later stages
+        that way (the first call of a cascade then traces its upsamplers while the base
+        stage runs)."""
+        labels = None if self.unet.num_classes is None else np.zeros(batch_size, "int32")
+        low_res = None
+        if self.unet.low_res_size is not None:
+            size = self.unet.low_res_size
+            low_res = np.zeros((batch_size, size, size, self.unet.image_channels), "float32")
+        state, seed_tensor, conditioning = self._loop_inputs(plan, labels, np.zeros(batch_size, "int32"), low_res)
+        run = self._sampler(plan, plan.num_network_evaluations, sorted(conditioning))
+        args = (state, seed_tensor, ops.convert_to_tensor(plan.start_step, "int32"), conditioning)
+        if not run.can_prepare or run.ready(*args):
+            return False
+        run.prepare(*args)
+        return True
+
+    def _loop_inputs(self, plan, labels, seeds, low_res_images):
+        """The sampling loop's initial state, seeds and conditioning inputs."""
+        conditioning = {} if labels is None else {"labels": ops.convert_to_tensor(labels, "int32")}
+        if low_res_images is not None:
+            conditioning.update(self._sampling_low_res_inputs(low_res_images, plan, seeds))
+        shape = (len(seeds), self.unet.image_size, self.unet.image_size, self.unet.image_channels)
+        state = initial_state(plan.process.initial_noise(shape, seeds), plan.sampler)
+        return state, ops.convert_to_tensor(seeds, "int32"), conditioning
+
     def _sampler(self, plan, steps, keys):
         key = (repr(plan.process), steps, plan.sampler, float(plan.eta), plan.clip_denoised, plan.guidance_scale,
                tuple(keys))
-        if key not in self._samplers:
-            conditioning_key = self.unet.conditioning_key
-            process, sampler, eta, clip = plan.process, plan.sampler, float(plan.eta), plan.clip_denoised
-            scale, null_label, channels = plan.guidance_scale, self.unet.num_classes, self.unet.image_channels
+        with _SAMPLERS_LOCK:  # a pipeline prepares samplers in a background thread
+            if key not in self._samplers:
+                self._samplers[key] = self._compiled_sampler(plan, steps)
+            return self._samplers[key]
 
-            def run(apply, x, seed, start, conditioning):
-                def denoise(x_t, cond):
-                    inputs = {**conditioning, "noisy_images": x_t, conditioning_key: cond}
-                    if scale == 1.0:  # the conditional model alone, as the paper samples
-                        return apply(inputs)
-                    return guided_output(apply, inputs, scale, null_label, channels)
+    def _compiled_sampler(self, plan, steps):
+        conditioning_key = self.unet.conditioning_key
+        process, sampler, eta, clip = plan.process, plan.sampler, float(plan.eta), plan.clip_denoised
+        scale, null_label, channels = plan.guidance_scale, self.unet.num_classes, self.unet.image_channels
 
-                return process.run_steps(denoise, x, seed, start, steps, sampler, eta, clip)
+        def run(apply, x, seed, start, conditioning):
+            def denoise(x_t, cond):
+                inputs = {**conditioning, "noisy_images": x_t, conditioning_key: cond}
+                if scale == 1.0:  # the conditional model alone, as the paper samples
+                    return apply(inputs)
+                return guided_output(apply, inputs, scale, null_label, channels)
 
-            self._samplers[key] = compile_with_model(self.unet, run)
-        return self._samplers[key]
+            return process.run_steps(denoise, x, seed, start, steps, sampler, eta, clip)
+
+        return compile_with_model(self.unet, run)
 
     def _sampling_low_res_inputs(self, low_res_images, plan, seeds):
         if self.augmentation is None:
@@ -694,6 +724,7 @@ def check_num_images_with_labels(num_images, count):
                          f"images ({count}). Received: num_images={shown(num_images)}")
 
 
+_SAMPLERS_LOCK = threading.Lock()
 LOW_RES_VALUES = "integers in [0, 255], or floats in [-1, 1] (finite z_s of any range with truncated=True)"
 
 

@@ -11,12 +11,14 @@ hands each stage its plan.
 """
 
 import dataclasses
+import threading
 import time
 
 import keras
 import numpy as np
 
 from keras_cdm import adapters, presets
+from keras_cdm._compile import can_prepare_in_background
 from keras_cdm._validation import (
     as_array,
     check_bool,
@@ -169,20 +171,21 @@ class CascadedDiffusionPipeline:
 
     def _generate(self, request, first_example, return_intermediates, use_ema, verbose):
         start, current, convert = request["start"], request["low_res"], request["convert"]
+        # The first stage run takes the given images as z_0, even if it would be fed z_s in a full cascade.
+        plans = {k: self._plans[k] for k in range(start, len(self.stages))}
+        if plans[start].truncated:
+            plans[start] = dataclasses.replace(plans[start], truncated=False)
+        preparation = _Preparation(self.stages, plans, _batch_sizes(request["count"], request["batch_size"]))
         intermediates, self.last_timings = {}, {}
-        for k in range(start, len(self.stages)):
-            # The first stage run takes the given images as z_0, even if it would be fed z_s in a full cascade.
-            plan = self._plans[k]
-            if k == start and plan.truncated:
-                plan = dataclasses.replace(plan, truncated=False)
+        for k, plan in plans.items():
             began = time.perf_counter()
-            current = self._run_stage(k, plan, request, first_example, current, use_ema, verbose)
+            current = self._run_stage(k, plan, request, first_example, current, use_ema, verbose, preparation)
             self.last_timings[self.stages[k].name] = time.perf_counter() - began
             intermediates[self.stages[k].name] = convert(current)
         images = intermediates[self.stages[-1].name]
         return (images, intermediates) if return_intermediates else images
 
-    def _run_stage(self, k, plan, request, first_example, low_res, use_ema, verbose):
+    def _run_stage(self, k, plan, request, first_example, low_res, use_ema, verbose, preparation):
         stage, labels, count, batch_size = self.stages[k], request["labels"], request["count"], request["batch_size"]
         steps = plan.num_network_evaluations
         show = verbose is True or (verbose == "auto" and (count > batch_size or steps >= 100))
@@ -192,6 +195,7 @@ class CascadedDiffusionPipeline:
         outputs = []
         for begin in range(0, count, batch_size):
             index = np.arange(begin, min(begin + batch_size, count))
+            preparation.wait(k, len(index))
             outputs.append(stage.run_plan(
                 plan, None if labels is None else labels[index],
                 example_seeds(request["seed"], first_example + index, stream=k),
@@ -331,3 +335,49 @@ def _check_stages(stages):
     if len(classes) > 1:
         raise ValueError(f"All stages must share their classes. Received: num_classes={[s.unet.num_classes for s in stages]}")
     return stages
+
+
+def _batch_sizes(count, batch_size):
+    """The sizes of the batches a stage samples `count` images in, in order of use."""
+    sizes = [min(batch_size, count)]
+    return sizes + [count % batch_size] if count > batch_size and count % batch_size else sizes
+
+
+class _Preparation:
+    """Compiles the samplers of a cascade's stages in a background thread, in the order
+    they will run, while the stages before them sample (tracing is Python work; a running
+    graph or XLA executable releases the GIL). The first stage's sampler is compiled on
+    the calling thread first (nothing could run beside it), then the thread starts.
+    `wait(k, size)` returns once stage k's sampler for batches of `size` is prepared, or
+    its preparation failed: the stage then compiles it itself when it runs, as without
+    preparation (`errors` keeps what failed). No thread is started where there is nothing
+    to prepare ahead (one batch size of one stage) or it cannot be done in another thread
+    (PyTorch runs eagerly; distribution strategies are the calling thread's setting)."""
+
+    def __init__(self, stages, plans, sizes):
+        order = list(plans)
+        first, *jobs = [(k, size) for k in order for size in sizes]
+        self.errors, self._done = {}, {}
+        if not jobs or not can_prepare_in_background():
+            return
+        work = [(job, stages[job[0]], plans[job[0]]) for job in [first] + jobs]
+        self._prepare(*work[0])
+        self._done = {job: threading.Event() for job in jobs}
+        threading.Thread(target=self._run, args=(work[1:],), name="keras_cdm-prepare", daemon=True).start()
+
+    def _prepare(self, job, stage, plan):
+        try:
+            stage.prepare_plan(plan, job[1])
+        except Exception as error:  # noqa: BLE001 - the stage compiles it itself when it runs
+            self.errors[job] = error
+
+    def _run(self, work):
+        for job, stage, plan in work:
+            try:
+                self._prepare(job, stage, plan)
+            finally:
+                self._done[job].set()
+
+    def wait(self, k, size):
+        if (k, size) in self._done:
+            self._done[k, size].wait()

@@ -180,7 +180,7 @@ def test_a_cascade_generate_prints_no_retracing_warning():
     finally:
         logger.removeHandler(handler)
     assert not [r for r in records if "retracing" in r.getMessage()]
-    assert all(f.experimental_get_tracing_count() <= 2 for s in cascade.stages for f in s._samplers.values())
+    assert all(f.function.experimental_get_tracing_count() <= 2 for s in cascade.stages for f in s._samplers.values())
 
 
 def test_under_pytorch_samplers_record_no_autograd_graph():
@@ -195,3 +195,75 @@ def test_under_pytorch_samplers_record_no_autograd_graph():
     output = compile_with_model(stage.unet, lambda apply, x: apply(x))(inputs)
     assert output.is_inference() and not output.requires_grad
     assert stage.unet(inputs, training=False).requires_grad  # what inference_mode turns off
+
+
+def _count_unet_traces(stages, monkeypatch):
+    """{stage name: [thread names]}: each U-Net call in Python. Under TensorFlow and JAX the
+    compiled sampler runs the U-Net's Python code only while it is traced."""
+    import threading
+
+    calls = {}
+    for stage in stages:
+        original = stage.unet.call
+
+        def counted(*args, _original=original, _name=stage.name, **kwargs):
+            calls.setdefault(_name, []).append(threading.current_thread().name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(stage.unet, "call", counted)
+    return calls
+
+
+@pytest.mark.parametrize("count, batch_size", [(3, 3), (5, 2)])
+def test_generate_traces_later_stages_in_the_background_once(monkeypatch, count, batch_size):
+    """The first generate of a cascade compiles each later stage's sampler (and the first
+    stage's last, smaller batch) in a background thread while the stages before it sample:
+    every sampler is traced once, the later ones not on the main thread, and the images are
+    those of a cascade that compiles each stage when it runs."""
+    if keras.backend.backend() == "torch":
+        pytest.skip("PyTorch runs the sampler eagerly: nothing to compile ahead")
+    from keras_cdm import pipeline as pipeline_module
+
+    labels = [0, 1, 2, 0, 1][:count]
+    monkeypatch.setattr(pipeline_module, "can_prepare_in_background", lambda: False)
+    expected = tiny_cascade().generate(labels=labels, seed=3, batch_size=batch_size, return_intermediates=True)
+    monkeypatch.undo()
+    cascade = tiny_cascade()
+    calls = _count_unet_traces(cascade.stages, monkeypatch)
+    images = cascade.generate(labels=labels, seed=3, batch_size=batch_size, return_intermediates=True)
+    np.testing.assert_array_equal(images[0], expected[0])
+    for name in expected[1]:
+        np.testing.assert_array_equal(images[1][name], expected[1][name])
+    sizes = 1 if count % batch_size == 0 else 2  # a last, smaller batch is a second trace
+    assert {name: len(threads) for name, threads in calls.items()} == {"base": sizes, "sr16": sizes, "sr32": sizes}
+    assert set(calls["sr16"]) == set(calls["sr32"]) == {"keras_cdm-prepare"}
+    assert calls["base"][0] == "MainThread" and set(calls["base"][1:]) <= {"keras_cdm-prepare"}
+    again = cascade.generate(labels=labels, seed=3, batch_size=batch_size)  # compiled: nothing traced again
+    np.testing.assert_array_equal(again, expected[0])
+    assert sum(map(len, calls.values())) == 3 * sizes
+
+
+def test_a_failed_preparation_leaves_sampling_to_the_stage(monkeypatch):
+    """When compiling ahead fails, each stage compiles its sampler itself when it runs."""
+    cascade = tiny_cascade()
+    expected = cascade.generate(labels=[0, 1], seed=4, batch_size=2)
+    fresh = tiny_cascade()
+
+    def broken(self, plan, batch_size):
+        raise RuntimeError("preparation failed")
+
+    monkeypatch.setattr(DiffusionModel, "prepare_plan", broken)
+    np.testing.assert_array_equal(fresh.generate(labels=[0, 1], seed=4, batch_size=2), expected)
+
+
+def test_prepare_plan_compiles_once_and_run_plan_reuses_it(monkeypatch):
+    stage = tiny_cascade().stages[1]
+    calls = _count_unet_traces([stage], monkeypatch)
+    plan = stage.sampling_plan(augmentation_level=2)
+    compiled_ahead = keras.backend.backend() != "torch"
+    assert stage.prepare_plan(plan, 2) is compiled_ahead
+    assert stage.prepare_plan(plan, 2) is False  # ready already
+    low_res = np.zeros((2, 8, 8, 1), "float32")
+    stage.generate(labels=[0, 1], low_res_images=low_res, seed=0, plan=plan)
+    if compiled_ahead:  # traced once, by prepare_plan (PyTorch calls the U-Net eagerly at every step)
+        assert len(calls["sr16"]) == 1
