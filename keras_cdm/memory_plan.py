@@ -5,9 +5,11 @@ what one training step holds on each device: the state (weights, gradients, Adam
 moments, the EMA: float32 copies of the weights, sharded by a layout) and the activations
 kept for the backward pass (per example, with and without `remat`, times the examples on a
 device). It lists every split of the devices into a data axis and a model axis, with and
-without remat, and recommends the first that fits: the smallest model axis (model
-parallelism communicates inside every layer), without remat if that fits (remat recomputes
-the residual blocks: about one more forward pass).
+without remat, with the examples per device that fit (the rest of the batch made up by
+gradient accumulation), and recommends one: the smallest model axis at which an example
+fits (model parallelism communicates inside every layer; data parallelism once a step), then
+the fewest accumulation steps, then no remat (remat recomputes the residual blocks: about
+one more forward pass of them).
 
 The activations are an analytic count per layer (`activation_bytes_per_example`) whose
 coefficients were fitted to what JAX keeps from the forward pass for the backward pass
@@ -22,7 +24,14 @@ import re
 import keras
 
 from keras_cdm import presets
-from keras_cdm._validation import check_bool, check_choice, check_positive_int, check_positive_number, shown
+from keras_cdm._validation import (
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_positive_number,
+    check_range,
+    shown,
+)
 from keras_cdm.layers import AttentionBlock, Downsample, ResidualBlock, Upsample
 from keras_cdm.unet import DiffusionUNet
 
@@ -155,64 +164,87 @@ _NOT_KEEPING = (keras.layers.Concatenate, keras.layers.Add)
 
 
 class Plan:
-    """The rows of `plan`: one per (model axis, remat), in the order of preference, and the
-    recommended one (`recommended`, None when nothing fits). `table()` is their text."""
+    """The rows of `plan`, one per (model axis, remat), and the recommended one (`recommended`:
+    the smallest model axis at which an example fits, then the fewest gradient-accumulation
+    steps, then no remat; None when not one example fits). `table()` is their text."""
 
     def __init__(self, stage, parameters, devices, device_memory_bytes, batch_size, headroom, rows):
         self.stage, self.parameters, self.devices = stage, parameters, devices
-        self.device_memory_bytes, self.batch_size, self.headroom, self.rows = device_memory_bytes, batch_size, headroom, rows
-        self.recommended = next((row for row in rows if row["fits"]), None)
+        self.device_memory_bytes, self.batch_size, self.headroom = device_memory_bytes, batch_size, headroom
+        self.rows = rows
+        fitting = [row for row in rows if row["micro_batch"]]
+        key = lambda row: (row["model_axis"], row["accumulation"], row["remat"])  # noqa: E731
+        self.recommended = min(fitting, key=key) if fitting else None
 
     def table(self):
         usable = self.device_memory_bytes * (1 - self.headroom)
         lines = [f"{self.stage}: {self.parameters / 1e6:,.0f} M parameters, global batch {self.batch_size}, "
                  f"{self.devices} devices of {self.device_memory_bytes / GIB:g} GiB ({usable / GIB:.1f} GiB usable)",
-                 f"{'model axis':>10} {'data axis':>9} {'batch/dev':>9} {'remat':>5} {'state GiB':>9} "
-                 f"{'activ. GiB':>10} {'total GiB':>9}  fits"]
+                 f"{'model':>5} {'data':>4} {'batch/dev':>9} {'remat':>5} {'state GiB':>9} {'act. GiB/ex':>11} "
+                 f"{'total GiB':>9} {'micro':>5} {'accum':>5}"]
         for row in self.rows:
-            lines.append(f"{row['model_axis']:>10} {row['data_axis']:>9} {row['batch_per_device']:>9} "
+            lines.append(f"{row['model_axis']:>5} {row['data_axis']:>4} {row['batch_per_device']:>9} "
                          f"{'yes' if row['remat'] else 'no':>5} {row['state'] / GIB:>9.2f} "
-                         f"{row['activations'] / GIB:>10.2f} {row['total'] / GIB:>9.2f}  "
-                         f"{'yes' if row['fits'] else 'no'}")
+                         f"{row['activations_per_example'] / GIB:>11.3f} {row['total'] / GIB:>9.2f} "
+                         f"{row['micro_batch'] or '-':>5} {row['accumulation'] or '-':>5}")
         best = self.recommended
         lines.append("recommended: " + (
-            f"DiffusionUNet(remat={best['remat']}), a ({best['data_axis']}, {best['model_axis']}) mesh of "
-            f"('batch', 'model'), {best['batch_per_device']} examples per device" if best else
-            "nothing fits: more devices, a smaller batch or mixed_bfloat16"))
+            f"DiffusionUNet(remat={best['remat']}) on a ('batch', 'model') mesh of ({best['data_axis']}, "
+            f"{best['model_axis']}), {best['micro_batch']} examples per device per step"
+            + (f", gradient_accumulation_steps={best['accumulation']}" if best["accumulation"] > 1 else "")
+            if best else "nothing fits: more devices, or mixed_bfloat16 (half the activations)"))
         return "\n".join(lines)
 
 
-def plan(stage, devices, device_memory_bytes, batch_size=None, layout=None, headroom=0.1, optimizer="adam",
-         ema=True):
+def plan(stage, devices, device_memory_bytes, batch_size=None, layout=None, model_axis=None, headroom=0.1,
+         optimizer="adam", ema=True):
     """Memory per device of a training step of `stage` (a built-in stage preset name or a
     DiffusionUNet) on `devices` devices of `device_memory_bytes` each, at global `batch_size`
-    (default: the paper's for its ImageNet stages), for every model axis size dividing
-    `devices` (1: data parallel only, the state replicated), with and without remat.
-    `layout(unet, model_axis_size)` gives the sharding of each model axis size: a mapping of
-    variable paths (or regular expressions) to axes, or a keras.distribution.LayoutMap;
-    by default `model_parallel_layout`. Returns a `Plan`."""
+    (default: the paper's, for its ImageNet stages), for every model axis size dividing
+    `devices` (1: data parallel only, the state replicated), or for 1 and `model_axis` only,
+    with and without remat.
+
+    `layout(unet, model_axis_size)` gives the sharding for a model axis size: a mapping of
+    variable paths (or regular expressions, as a LayoutMap's keys) to axes over the mesh axes
+    "batch" and "model", or a keras.distribution.LayoutMap; by default `model_parallel_layout`.
+    Activations are split over the data axis (the examples) and, assumed, the model axis (the
+    channels, as XLA propagates the kernels' sharding). A row's `total` is the memory per
+    device at its full per-device batch; `micro_batch` is the most examples per device that fit
+    in (1 - headroom) of the device (0: none) and `accumulation` the gradient-accumulation
+    steps (Keras optimizers' `gradient_accumulation_steps`) that then make up the batch.
+    Returns a `Plan`."""
     devices = check_positive_int("devices", devices)
     device_memory_bytes = check_positive_number("device_memory_bytes", device_memory_bytes)
+    unets = {remat: abstract_unet(stage, remat) for remat in (False, True)}
     if batch_size is None:
         if stage not in PAPER_BATCH_SIZES:
             raise ValueError(f"`batch_size` is needed for stages other than {sorted(PAPER_BATCH_SIZES)}. "
                              f"Received: batch_size=None for stage={shown(stage)}")
         batch_size = PAPER_BATCH_SIZES[stage]
     batch_size = check_positive_int("batch_size", batch_size)
+    headroom = check_range("headroom", headroom, 0.0, 1.0, high_inclusive=False)
     layout = layout or (lambda unet, size: model_parallel_layout(unet, "model", size))
-    unets = {remat: abstract_unet(stage, remat) for remat in (False, True)}
     activations = {remat: activation_bytes_per_example(unet) for remat, unet in unets.items()}
+    usable = device_memory_bytes * (1 - headroom)
+    sizes = [m for m in range(1, devices + 1) if devices % m == 0]
+    if model_axis is not None:
+        if not isinstance(model_axis, int) or isinstance(model_axis, bool) or model_axis not in sizes:
+            raise ValueError(f"`model_axis` must be None or a divisor of `devices` ({devices}): one of {sizes}. "
+                             f"Received: model_axis={shown(model_axis)}")
+        sizes = sorted({1, model_axis})
     rows = []
-    for model_axis in [m for m in range(1, devices + 1) if devices % m == 0]:
+    for model_axis in sizes:
         data_axis = devices // model_axis
         mesh = {"batch": data_axis, "model": model_axis}
         state = sum(state_bytes_per_device(unets[False], layout(unets[False], model_axis), mesh, optimizer,
                                            ema).values())
         per_device = math.ceil(batch_size / data_axis)
         for remat in (False, True):
-            total = state + per_device * activations[remat]
+            per_example = activations[remat] / model_axis
+            micro = min(per_device, max(0, int((usable - state) // per_example)))
             rows.append({"model_axis": model_axis, "data_axis": data_axis, "batch_per_device": per_device,
-                         "remat": remat, "state": state, "activations": per_device * activations[remat],
-                         "total": total, "fits": total <= device_memory_bytes * (1 - headroom)})
+                         "remat": remat, "state": state, "activations_per_example": per_example,
+                         "total": state + per_device * per_example, "micro_batch": micro,
+                         "accumulation": math.ceil(per_device / micro) if micro else 0})
     name = stage if isinstance(stage, str) else stage.name
     return Plan(name, unets[False].count_params(), devices, device_memory_bytes, batch_size, headroom, rows)
