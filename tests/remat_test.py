@@ -15,11 +15,12 @@ from tests.presets_test import tiny_presets  # noqa: F401  (fixture)
 
 TINY = dict(image_size=8, base_channels=16, channel_multipliers=(1, 2), num_res_blocks=1, attention_resolutions=(),
             num_classes=3, num_groups=8, learned_variance=True, resblock_updown=True)
+ONE_LEVEL = {**TINY, "channel_multipliers": (1,), "resblock_updown": False}  # 5 blocks: a cheaper compilation
 
 
 def _stage(remat):
     random.seed(0)  # ResidualBlock draws its dropout seeds from Python's generator: the same in both stages
-    unet = DiffusionUNet(**TINY, dropout=0.3, remat=remat)
+    unet = DiffusionUNet(**ONE_LEVEL, dropout=0.3, remat=remat)
     model = DiffusionModel(unet, GaussianDiffusion(10, "cosine", variance="learned_range", loss="hybrid"), seed=3)
     model.compile(optimizer=keras.optimizers.SGD(1.0))  # updated weights = weights - gradients
     return model
