@@ -190,7 +190,7 @@ class Plan:
         best = self.recommended
         lines.append("recommended: " + (
             f"DiffusionUNet(remat={best['remat']}) on a ('batch', 'model') mesh of ({best['data_axis']}, "
-            f"{best['model_axis']}), {best['micro_batch']} examples per device per step"
+            f"{best['model_axis']}), {best['micro_batch']} example{'s' if best['micro_batch'] > 1 else ''} per device per step"
             + (f", gradient_accumulation_steps={best['accumulation']}" if best["accumulation"] > 1 else "")
             if best else "nothing fits: more devices, or mixed_bfloat16 (half the activations)"))
         return "\n".join(lines)
