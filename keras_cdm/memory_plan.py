@@ -13,7 +13,7 @@ one more forward pass of them).
 
 The activations are an analytic count per layer (`activation_bytes_per_example`) whose
 coefficients were fitted to what JAX keeps from the forward pass for the backward pass
-(`benchmarks/remat.py`); it matches JAX's count on the paper stages within 15%
+(`benchmarks/remat.py`); on the paper stages it is within 4% of JAX's count without remat and 4-16% above it with remat
 (docs/distribution_plan.md). XLA may keep less (fusion, its own rematerialization) or need
 workspace beyond it: the plan keeps `headroom` (10%) of every device free.
 """
