@@ -479,7 +479,31 @@ def build_parser():
     upload.add_argument("--private", action="store_true", help="create the repository as private")
     upload.add_argument("--message", type=_text, help="commit message")
     upload.set_defaults(func=_cmd_upload)
+    _add_plan_parser(commands, common)
     return parser
+
+
+def _add_plan_parser(commands, common):
+    plan = commands.add_parser("plan", parents=[common],
+                               help="memory per device of training a stage, with and without sharding and remat, "
+                                    "and the setup to train it with (docs/distribution_plan.md)")
+    plan.add_argument("preset", help="a built-in stage preset (see `keras-cdm presets`)")
+    plan.add_argument("--devices", type=_int_in(1, 1 << 20), default=8, help="number of devices (default 8)")
+    plan.add_argument("--device-memory", type=float, default=80.0, metavar="GIB",
+                      help="memory of one device in GiB (default 80; a TPU v3 chip: 16)")
+    plan.add_argument("--batch-size", type=_int_in(1, MAX_BATCH_SIZE),
+                      help="global batch size (default: the paper's for its ImageNet stages)")
+    plan.add_argument("--model-axis", type=_int_in(1, 1 << 20), metavar="M",
+                      help="only this model-axis size (and 1, no sharding); default: every divisor of --devices")
+    plan.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args):
+    from keras_cdm import memory_plan
+
+    check_finite("device_memory", args.device_memory, 1e-6, 1e9)
+    print(memory_plan.plan(args.preset, args.devices, args.device_memory * 2**30, args.batch_size,
+                           model_axis=args.model_axis).table())
 
 
 def _one_line(error):

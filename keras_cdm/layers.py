@@ -345,6 +345,17 @@ class ResidualBlock(keras.layers.Layer):
     otherwise it is added before the second norm. `resample="up"|"down"` resamples
     inside the block (BigGAN style, nearest / average pooling, no parameters).
 
+    With `remat=True` the block is rematerialized (`keras.remat`: gradient
+    checkpointing): training keeps only its inputs (and a one-byte dropout mask)
+    for the backward pass, which recomputes the rest, instead of its ~8
+    intermediate feature maps: less activation memory for about one more forward
+    pass of the block. The loss and gradients are the same. The dropout mask is
+    drawn outside the rematerialized function, once: the recomputation would
+    otherwise draw another one (the seed generator moves on), and the gradient
+    would not be that of the loss. (This is why the block does not use
+    `keras.RematScope`, which rematerializes a layer's whole `call`, draws
+    included.)
+
     Call arguments:
         inputs: `(batch, height, width, channels)` feature map.
         embedding: `(batch, embedding_dim)` conditioning (time, class, ...).
@@ -357,6 +368,7 @@ class ResidualBlock(keras.layers.Layer):
         resample: None, "up" or "down".
         num_groups: groups of both GroupNorms (32 in the paper's models).
         epsilon: GroupNorm epsilon.
+        remat: rematerialize the block in training (see above).
 
     Example:
     >>> block = ResidualBlock(32, num_groups=8)
@@ -372,6 +384,7 @@ class ResidualBlock(keras.layers.Layer):
         resample=None,
         num_groups=32,
         epsilon=1e-5,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -383,6 +396,7 @@ class ResidualBlock(keras.layers.Layer):
         self.resample = check_choice("resample", resample, (None, "up", "down"))
         self.num_groups = check_positive_int("num_groups", num_groups)
         self.epsilon = float(epsilon)
+        self.remat = check_bool("remat", remat)
         resample_layer = {None: None, "up": Upsample, "down": Downsample}[self.resample]
         self.resample_layer = resample_layer and resample_layer(
             use_conv=False, name="resample", dtype=self.dtype_policy
@@ -426,6 +440,24 @@ class ResidualBlock(keras.layers.Layer):
         return tuple(self.resample_layer.compute_output_shape(input_shape))
 
     def call(self, inputs, embedding, training=None):
+        if not self.remat:
+            return self._apply(inputs, embedding, training=training)
+        if not (training and self.dropout):
+            return keras.remat(lambda x, e: self._apply(x, e))(inputs, embedding)
+        keep = self._dropout_keep_mask(inputs)
+        return keras.remat(lambda x, e, k: self._apply(x, e, keep=k))(inputs, embedding, keep)
+
+    def _dropout_keep_mask(self, inputs):
+        """Where the dropout layer would keep its input on this call, 1 (else 0), a uint8 map the
+        size of the output: the same draw of its seed generator as `self.dropout_layer(h,
+        training=True)`. Not bool: TensorFlow's `recompute_grad` differentiates its inputs."""
+        shape = (ops.shape(inputs)[0],) + tuple(self.compute_output_shape(inputs.shape, None)[1:])
+        ones = ops.ones(shape, self.compute_dtype)
+        kept = keras.random.dropout(ones, self.dropout, seed=self.dropout_layer.seed_generator)
+        return ops.cast(ops.not_equal(kept, 0), "uint8")
+
+    def _apply(self, inputs, embedding, training=None, keep=None):
+        """The block; dropout by `self.dropout_layer`, or by the mask `keep` when given."""
         h = ops.silu(self.norm_in(inputs))
         x = inputs
         if self.resample_layer is not None:
@@ -437,7 +469,12 @@ class ResidualBlock(keras.layers.Layer):
             h = self.norm_out(h, scale=scale, shift=shift)
         else:
             h = self.norm_out(h + e[:, None, None, :])
-        h = self.conv_out(self.dropout_layer(ops.silu(h), training=training))
+        h = ops.silu(h)
+        if keep is None:
+            h = self.dropout_layer(h, training=training)
+        else:
+            h = ops.where(ops.cast(keep, "bool"), h / ops.cast(1.0 - self.dropout, h.dtype), ops.zeros_like(h))
+        h = self.conv_out(h)
         return (x if self.skip is None else self.skip(x)) + h
 
     def compute_output_shape(self, inputs_shape, embedding_shape):
@@ -453,6 +490,7 @@ class ResidualBlock(keras.layers.Layer):
             resample=self.resample,
             num_groups=self.num_groups,
             epsilon=self.epsilon,
+            remat=self.remat,
         )
         return config
 

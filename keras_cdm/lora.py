@@ -43,7 +43,7 @@ MAX_RANK = 1024
 FORMAT = "keras_cdm.lora/1"
 SUFFIX = ".lora.h5"
 _LORA_VARIABLES = {"lora_kernel_a", "lora_kernel_b", "lora_embeddings_a", "lora_embeddings_b"}
-_CONFIG_KEYS_IGNORED = ("name", "trainable", "dtype")  # they do not change the weights
+_CONFIG_KEYS_IGNORED = ("name", "trainable", "dtype", "remat")  # they do not change the weights
 
 
 def check_targets(target):

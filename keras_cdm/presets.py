@@ -556,8 +556,8 @@ def upload_preset(handle, folder, private=None, commit_message=None, token=None)
 def unet_from_preset(name, **overrides):
     """Builds the U-Net of built-in stage preset `name` (random weights).
 
-    `overrides` replace constructor arguments, e.g. `dtype="mixed_bfloat16"` or
-    `dropout=0.0`. Without overrides that change the architecture, the parameter
+    `overrides` replace constructor arguments, e.g. `dtype="mixed_bfloat16"`,
+    `dropout=0.0` or `remat=True`. Without overrides that change the architecture, the parameter
     count is checked against the U-Net's `parameter_count` in `metadata.json`.
 
     Example:
@@ -569,7 +569,7 @@ def unet_from_preset(name, **overrides):
     if preset_kind(path) != "stage":
         raise ValueError(f"Preset {name!r} is a cascade; name one of its stages. Received: {name!r}")
     config = _read_json(path / CONFIG)["config"]["unet"]
-    unknown = set(overrides) - set(config.get("config", {}))
+    unknown = set(overrides) - set(config.get("config", {})) - {"remat"}  # remat: written only when set
     if unknown:
         raise ValueError(
             f"Unknown U-Net arguments {sorted(unknown)}; allowed: {sorted(config['config'])}. "
@@ -588,5 +588,5 @@ def unet_from_preset(name, **overrides):
 
 
 def _changes_size(overrides):
-    harmless = {"dtype", "dropout", "name", "trainable", "low_res_interpolation", "noise_level_scale"}
+    harmless = {"dtype", "dropout", "name", "trainable", "low_res_interpolation", "noise_level_scale", "remat"}
     return bool(set(overrides) - harmless)

@@ -82,6 +82,13 @@ class DiffusionUNet(keras.Model):
         conv_resample: whether `Downsample` / `Upsample` use a convolution.
         num_groups: GroupNorm groups (32 in the paper); must divide every
             level's channels.
+        remat: rematerialize every residual block in training (gradient
+            checkpointing with `keras.remat`, see `ResidualBlock`): the
+            backward pass recomputes the blocks' intermediate feature maps
+            instead of keeping them, for less activation memory at the cost
+            of about one more forward pass. The same loss and gradients; not
+            part of the architecture (weights load either way). Off in the
+            presets; `benchmarks/remat.py` measures it.
         dtype: dtype policy of every layer (e.g. "mixed_bfloat16").
 
     Example:
@@ -117,6 +124,7 @@ class DiffusionUNet(keras.Model):
         conv_resample=True,
         num_groups=32,
         dtype=None,
+        remat=False,
         **kwargs,
     ):
         # === Arguments ===
@@ -153,6 +161,7 @@ class DiffusionUNet(keras.Model):
         conv_resample = check_bool("conv_resample", conv_resample)
         num_groups = check_size("num_groups", num_groups)
         dtype = _check_dtype(dtype)
+        remat = check_bool("remat", remat)
 
         # === Functional model ===
         # The validated arguments, read by the graph builders below the class.
@@ -178,6 +187,7 @@ class DiffusionUNet(keras.Model):
             conv_resample=conv_resample,
             num_groups=num_groups,
             dtype=dtype,
+            remat=remat,
         )
         _check_architecture(config)
         inputs, outputs = _build_graph(config)
@@ -204,6 +214,7 @@ class DiffusionUNet(keras.Model):
         self.resblock_updown = resblock_updown
         self.conv_resample = conv_resample
         self.num_groups = num_groups
+        self.remat = remat
         # The dtype policy of every layer, as given. Not `self.dtype`: that is
         # the read-only dtype of the model's own variables in Keras.
         self._layer_dtype = dtype
@@ -274,6 +285,8 @@ class DiffusionUNet(keras.Model):
             "conv_resample": self.conv_resample,
             "num_groups": self.num_groups,
             "dtype": _serialize_dtype(self._layer_dtype),
+            # Written only when set: configs (presets, LoRA fingerprints) stay as they were.
+            **({"remat": True} if self.remat else {}),
         }
 
     @classmethod
@@ -598,6 +611,7 @@ def _residual_block(hidden, embedding, config, name, channels=None, resample=Non
         use_scale_shift_norm=config["use_scale_shift_norm"],
         resample=resample,
         num_groups=config["num_groups"],
+        remat=config["remat"],
         name=name,
         dtype=config["dtype"],
     )
