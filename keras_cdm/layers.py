@@ -90,6 +90,38 @@ class GroupNormalization(keras.layers.GroupNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
+@register
+class Conv2D(keras.layers.Conv2D):
+    """Keras' `Conv2D` (same weights, config and LoRA support), without the copies that
+    Keras' PyTorch backend makes around each convolution.
+
+    Keras 3.15 on PyTorch copies a channels-last input to channels-first, copies it back
+    to PyTorch's channels-last memory format and copies the kernel, every call. An NHWC
+    tensor viewed as NCHW already is in that format, so here PyTorch's `conv2d` gets the
+    views: the same oneDNN convolution, the same numbers, and `make demo`'s sampling on
+    PyTorch 0.6x the time (docs/performance.md). Padding "same" is PyTorch's symmetric
+    padding where it equals Keras' (stride 1, odd kernel); other cases, and the other
+    backends, use Keras' convolution.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if not self._views_suffice(kernel):
+            return super().convolution_op(inputs, kernel)
+        import torch
+
+        kernel = ops.convert_to_tensor(kernel)
+        padding = 0 if self.padding == "valid" else (kernel.shape[0] // 2, kernel.shape[1] // 2)
+        outputs = torch.nn.functional.conv2d(ops.convert_to_tensor(inputs).permute(0, 3, 1, 2),
+                                             kernel.permute(3, 2, 0, 1), stride=self.strides, padding=padding)
+        return outputs.permute(0, 2, 3, 1)
+
+    def _views_suffice(self, kernel):
+        odd = all(size % 2 == 1 for size in kernel.shape[:2])
+        return (keras.backend.backend() == "torch" and self.data_format == "channels_last" and self.groups == 1
+                and tuple(self.dilation_rate) == (1, 1)
+                and (self.padding == "valid" or (self.padding == "same" and tuple(self.strides) == (1, 1) and odd)))
+
+
 def _sum_of_squares(x):
     """`sum(x**2)` over the spatial axes of a channels-last `x`, without writing
     `x**2` out: TensorFlow's `reduce_euclidean_norm` makes one pass, faster on
@@ -292,7 +324,7 @@ class Downsample(_Resample):
     """
 
     def _make_conv(self, channels):
-        return keras.layers.Conv2D(channels, 3, strides=2, name="conv", dtype=self.dtype_policy)
+        return Conv2D(channels, 3, strides=2, name="conv", dtype=self.dtype_policy)
 
     def _conv_input_shape(self, input_shape):
         return (input_shape[0], input_shape[1] + 2, input_shape[2] + 2, input_shape[3])
@@ -320,7 +352,7 @@ class Upsample(_Resample):
     """
 
     def _make_conv(self, channels):
-        return keras.layers.Conv2D(channels, 3, padding="same", name="conv", dtype=self.dtype_policy)
+        return Conv2D(channels, 3, padding="same", name="conv", dtype=self.dtype_policy)
 
     def _conv_input_shape(self, input_shape):
         return self.compute_output_shape(input_shape)
@@ -408,7 +440,7 @@ class ResidualBlock(keras.layers.Layer):
         _check_groups(channels, self.num_groups, self.name)
         _check_groups(out, self.num_groups, self.name)
         dtype = self.dtype_policy
-        conv = lambda n, k, name, **kw: keras.layers.Conv2D(  # noqa: E731
+        conv = lambda n, k, name, **kw: Conv2D(  # noqa: E731
             n, k, padding="same", name=name, dtype=dtype, **kw
         )
         self.norm_in = _group_norm(self.num_groups, self.epsilon, "norm_in", dtype)

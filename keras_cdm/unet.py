@@ -542,7 +542,7 @@ def _build_downsampling_path(images, embedding, config):
     at the last level. Returns the features and every intermediate output, the
     skip connections of the upsampling path."""
     base_channels, dtype = config["base_channels"], config["dtype"]
-    hidden = keras.layers.Conv2D(base_channels, 3, padding="same", name="input_conv", dtype=dtype)(images)
+    hidden = cdm_layers.Conv2D(base_channels, 3, padding="same", name="input_conv", dtype=dtype)(images)
     skips = [hidden]
     resolutions = _level_resolutions(config)
     last_level = len(config["channel_multipliers"]) - 1
@@ -596,7 +596,7 @@ def _build_output_head(hidden, config):
     )(hidden)
     hidden = keras.layers.Activation("silu", name="output_silu", dtype=dtype)(hidden)
     out_channels = config["image_channels"] * (2 if config["learned_variance"] else 1)
-    hidden = keras.layers.Conv2D(
+    hidden = cdm_layers.Conv2D(
         out_channels, 3, padding="same", kernel_initializer="zeros", name="output_conv", dtype=dtype
     )(hidden)
     # Diffusion math runs in float32 whatever the policy.

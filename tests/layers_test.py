@@ -374,3 +374,49 @@ def test_layer_docstring_has_args_and_a_working_example(name):
     (test,) = [t for t in tests if t.name == name]
     result = doctest.DocTestRunner().run(test, out=lambda s: None)
     assert result.attempted > 0 and result.failed == 0
+
+
+# Conv2D ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel_size, strides, padding", [(3, 1, "same"), (1, 1, "same"), (3, 2, "valid"),
+                                                           (3, 2, "same"), (2, 1, "same")])
+def test_conv2d_matches_a_float64_cross_correlation_and_keras(kernel_size, strides, padding):
+    """Every case, also those that fall back to Keras' convolution (asymmetric "same"
+    padding), against an independent float64 cross-correlation and Keras' own layer."""
+    x = RNG.normal(size=(2, 9, 9, 4)).astype("float32")
+    layer = layers.Conv2D(6, kernel_size, strides=strides, padding=padding)
+    layer.build(x.shape)
+    randomize_weights(layer, seed=1)
+    kernel, bias = (to_numpy(w).astype(np.float64) for w in layer.weights)
+    padded = x.astype(np.float64)
+    if padding == "same":  # Keras' padding: the extra row/column (if any) at the end
+        total = max(kernel_size - strides, 0) if 9 % strides == 0 else max(kernel_size - 9 % strides, 0)
+        padded = np.pad(padded, [(0, 0), (total // 2, total - total // 2), (total // 2, total - total // 2), (0, 0)])
+    expected = conv2d(padded, kernel, bias, stride=strides, pad=0)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-4)
+    reference = keras.layers.Conv2D(6, kernel_size, strides=strides, padding=padding)
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(to_numpy(layer(x)), to_numpy(reference(x)))
+    assert layer.get_config() == {**reference.get_config(), "name": layer.name}
+
+
+def test_conv2d_under_pytorch_skips_keras_copies(monkeypatch):
+    """On PyTorch the U-Net's convolutions run on views (Keras' copying convolution is never
+    called) and train: the gradient through the views equals the float64 one."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch backend only")
+    from keras.src.backend.torch import nn as torch_nn
+
+    def copying(*args, **kwargs):
+        raise AssertionError("Keras' convolution was called")
+
+    monkeypatch.setattr(torch_nn, "conv", copying)
+    layer = layers.Conv2D(3, 3, padding="same")
+    x = RNG.normal(size=(1, 5, 5, 2)).astype("float32")
+    layer.build(x.shape)
+    kernel = to_numpy(layer.kernel).astype(np.float64)
+    # d sum(conv(x)) / dx: every output position adds its kernel to the inputs it reads.
+    expected = conv2d(np.ones((1, 5, 5, 3)), kernel[::-1, ::-1].transpose(0, 1, 3, 2), np.zeros(2))
+    np.testing.assert_allclose(to_numpy(gradient(layer, x)), expected, rtol=1e-5, atol=1e-5)
