@@ -24,7 +24,10 @@ def _phase(tmp_path, phase):
            # JAX compiles each loaded copy's samplers again: the copies are identical, so their
            # compilations are found in this cache (the run's own, in tmp_path).
            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+           # three processes at once: one thread each rather than each taking every core
+           "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
     processes = {b: subprocess.Popen([sys.executable, "-m", "tests.cross_backend_presets_worker", b, str(tmp_path),
                                       phase], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True) for b in BACKENDS}
