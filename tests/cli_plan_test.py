@@ -2,18 +2,9 @@
 
 import pytest
 
-from keras_cdm import cli
+from tests.cli_test import run
 
 pytestmark = pytest.mark.backend_neutral
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_plan_prints_the_table_of_a_paper_stage(capsys):
