@@ -1,11 +1,15 @@
 """Training a stage under distribution strategies, each in its own process."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +69,80 @@ def test_multi_worker_mirrored_strategy_with_two_processes(single):
     assert results[0]["weights_head"] == results[1]["weights_head"]  # all-reduced updates
     assert results[0]["weights_sum"] == results[1]["weights_sum"]
     _same_objective(results[0], single)
+
+
+# -- JAX: keras.distribution over two processes, and sharded over a (batch, model) mesh -------
+
+JAX_WORKER = "tests.jax_distribution_worker"
+
+
+def _jax(*args, cache=None):
+    env = dict(os.environ)
+    if cache is not None:  # a restarted pair compiles what the killed one did: reuse it
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return subprocess.Popen([sys.executable, "-m", JAX_WORKER, *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _finished(process, timeout=300):
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:]
+
+
+def _jax_pair(outs, backup, slow=0.0):
+    port = _free_ports(1)[0]
+    return [_jax("process", index, port, outs[index], backup, slow, cache=backup.parent / "cache")
+            for index in range(2)]
+
+
+@pytest.fixture(scope="module")
+def jax_reference(tmp_path_factory):
+    """One process, one device, the same global batches: what the distributed runs must reach."""
+    out = tmp_path_factory.mktemp("jax_reference") / "reference.npz"
+    _finished(_jax("reference", out))
+    return dict(np.load(out))
+
+
+def _backup_metadata(backup):
+    try:
+        return json.loads((backup / "training_metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _kill_after_first_backup(workers, backup):
+    deadline = time.monotonic() + 240
+    while (_backup_metadata(backup) or {}).get("iterations") is None:
+        assert all(w.poll() is None for w in workers), "a worker ended before it was killed"
+        assert time.monotonic() < deadline, "no backup was written"
+        time.sleep(0.05)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+    for worker in workers:
+        worker.communicate()
+
+
+def test_jax_data_parallel_over_two_processes_killed_and_resumed(jax_reference, tmp_path):
+    """keras.distribution.DataParallel over two processes (one CPU device each, loopback
+    coordinator), Keras sharding each global tf.data batch between them; both SIGKILLed
+    once a backup is written (keras_cdm's BackupAndRestore, one shared folder), restarted:
+    both end with the same state as one uninterrupted single-device run."""
+    backup, outs = tmp_path / "backup", [tmp_path / f"process{i}.npz" for i in range(2)]
+    _kill_after_first_backup(_jax_pair(outs, backup, slow=0.3), backup)
+    killed_at = _backup_metadata(backup)["iterations"]
+    assert 2 <= killed_at < 12 and not any(o.exists() for o in outs)  # killed mid-training
+    workers = _jax_pair(outs, backup)
+    for worker in workers:
+        _finished(worker)
+    first, second = (dict(np.load(o)) for o in outs)
+    assert int(first["devices"]) == 2  # one CPU device in each process
+    assert int(first["iterations"]) == int(jax_reference["iterations"]) == 12
+    keys = [k for k in jax_reference if k != "iterations"]  # weights and EMA
+    for key in keys:  # identical in both processes: one program over global arrays
+        np.testing.assert_array_equal(first[key], second[key])
+    for key in keys:  # the same steps as one process, up to float32 reduction order
+        np.testing.assert_allclose(first[key], jax_reference[key], rtol=0, atol=2e-5, err_msg=key)
+    # One shared backup folder, written by process 0 only.
+    files = sorted(p.name for p in backup.glob("*.weights.h5"))
+    assert files == [_backup_metadata(backup)["weights"]] and files[0].startswith(f"backup-{workers[0].pid}-")
+    assert _backup_metadata(backup)["iterations"] == 12
