@@ -146,3 +146,36 @@ def test_jax_data_parallel_over_two_processes_killed_and_resumed(jax_reference, 
     files = sorted(p.name for p in backup.glob("*.weights.h5"))
     assert files == [_backup_metadata(backup)["weights"]] and files[0].startswith(f"backup-{workers[0].pid}-")
     assert _backup_metadata(backup)["iterations"] == 12
+
+
+def test_sharded_training_on_a_batch_by_model_mesh_of_8_devices(tmp_path):
+    """keras_cdm.distribution.model_parallel on a 2 x 4 (batch x model) mesh of 8 virtual
+    CPU devices: the same steps as one device; each device holds a quarter of every
+    sharded variable and of its Adam moments and EMA (Keras shards them alike)."""
+    _finished(_jax("sharded", tmp_path / "sharded.json"))
+    report = json.loads((tmp_path / "sharded.json").read_text())
+    assert report["devices"] == 8 and report["iterations"] == [3, 3]
+    assert report["max_change"] > 1e-3  # the steps moved the weights...
+    assert report["max_weight_diff"] < 1e-6 and report["max_ema_diff"] < 1e-6  # ...alike
+    variables = report["variables"]
+    spec = {(v["kind"], v["path"].replace("/", "_")): v["spec"] for v in variables}
+    for v in variables:
+        sharded = "model" in v["spec"]
+        # the bytes one device holds: a quarter along the model axis, all of a replicated one
+        assert v["device_bytes"] == (v["bytes"] // 4 if sharded else v["bytes"]), v
+        if v["kind"] != "parameter":  # adam/<path>_momentum etc.: the layout of its variable
+            path = v["path"].split("/", 1)[1].rsplit("_", 1)[0]
+            assert v["spec"] == spec[("parameter", path)], v
+    kinds = {k: [v for v in variables if v["kind"] == k] for k in ("parameter", "m", "v", "ema")}
+    assert len({len(group) for group in kinds.values()}) == 1  # trainable U-Net weights: one m, v, EMA each
+    sharded = [v for v in kinds["parameter"] if "model" in v["spec"]]
+    assert {v["path"] for v in sharded} >= {"middle_attention/attention/query/kernel", "down_0_res_0/conv_in/kernel"}
+    assert "model" not in spec[("parameter", "output_conv_kernel")]  # 1 output channel: replicated
+    # Independent count: per device, full bytes / 4 for sharded variables, else full.
+    held = {k: sum(v["bytes"] // (4 if "model" in v["spec"] else 1) for v in group) for k, group in kinds.items()}
+    measured = {k: sum(v["device_bytes"] for v in group) for k, group in kinds.items()}
+    assert measured == held
+    full = sum(v["bytes"] for v in kinds["parameter"])
+    assert held["parameter"] < full / 2  # most of the state is sharded
+    assert report["predicted"] == {"parameters": measured["parameter"], "optimizer": measured["m"] + measured["v"],
+                                   "ema": measured["ema"], "total": sum(measured.values())}
