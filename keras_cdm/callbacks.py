@@ -14,6 +14,7 @@ state when training stops on a NaN (see its docstring and docs/reliability.md):
     stage.fit(train, epochs=50, callbacks=[BackupAndRestore("backup/base")])
 """
 
+import contextlib
 import json
 import math
 import os
@@ -186,8 +187,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
       last one cannot be read.
 
     A folder written by `keras.callbacks.BackupAndRestore` is restored as Keras would
-    (at the start of the epoch it recorded). Use one folder per training process, not
-    shared (with several workers, one folder each).
+    (at the start of the epoch it recorded).
+
+    Several processes: on JAX (`keras.distribution.initialize`, one program run by every
+    process, the state one set of global arrays) give every process the same
+    `backup_dir`, on a file system they all see: process 0 writes the backups, every
+    process restores the same one, so a pair killed at any instant resumes from one
+    consistent state (as Orbax checkpoints are written). With `tf.distribute` workers,
+    use one folder per worker.
 
     Args:
         backup_dir: the folder of the backup (created when needed), a local path.
@@ -213,6 +220,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                          double_checkpoint=check_bool("double_checkpoint", double_checkpoint),
                          delete_checkpoint=check_bool("delete_checkpoint", delete_checkpoint))
         self._folder = Path(backup_dir)
+        self._writer = True  # set when `fit` starts: False in JAX processes other than process 0
         self._start_run()
 
     def _start_run(self):
@@ -232,6 +240,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             raise ValueError(f"To use BackupAndRestore, the model must be built before `fit()`. Model {model.name!r} "
                              "is not built: build it, e.g. by calling it on a batch of data.")
         self._start_run()
+        self._writer = _process_index() == 0  # multi-process JAX: process 0 writes, all restore
         current, previous = self._read_metadata(_METADATA), self._read_metadata(_PREVIOUS)
         problems = []
         for metadata in (current, previous):
@@ -387,11 +396,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                               f" it is not backed up; the backup in {self._folder} keeps the last finite state.",
                               stacklevel=2)
             return
-        self._folder.mkdir(parents=True, exist_ok=True)
-        name = f"backup-{os.getpid()}-{uuid.uuid4().hex[:12]}.weights.h5"
-        path = self._folder / name
-        model.save_weights(str(path))  # a new file: killed now, it is an orphan, never a damaged backup
-        _fsync(path)
+        name = None
+        if self._writer:
+            self._folder.mkdir(parents=True, exist_ok=True)
+            name = f"backup-{os.getpid()}-{uuid.uuid4().hex[:12]}.weights.h5"
+            path = self._folder / name
+            with _without_distribution():
+                model.save_weights(str(path))  # a new file: killed now, it is an orphan, never a damaged backup
+            _fsync(path)
         optimizer = getattr(model, "optimizer", None)
         iterations = None if optimizer is None else int(ops.convert_to_numpy(optimizer.iterations))
         self._commit({"format": _FORMAT, "epoch": int(epoch), "batch": int(batch), "iterations": iterations,
@@ -400,7 +412,18 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _commit(self, metadata):
         """Makes `metadata` (and the weights file it names) the backup, atomically; with
-        `double_checkpoint`, the backup it replaces becomes the previous one first."""
+        `double_checkpoint`, the backup it replaces becomes the previous one first. With
+        several JAX processes, process 0 commits and the others then read what it wrote."""
+        if not self._writer:
+            _sync_processes("keras_cdm.BackupAndRestore.commit")  # process 0 has committed
+            self._committed = self._read_metadata(_METADATA)
+            self._previous = self._read_metadata(_PREVIOUS) if self.double_checkpoint else None
+            _sync_processes("keras_cdm.BackupAndRestore.read")
+            if self._committed is None or "problem" in self._committed:
+                raise ValueError(f"BackupAndRestore: process {_process_index()} does not see the backup process 0 "
+                                 f"wrote in {self._folder}: with several JAX processes `backup_dir` must be a folder "
+                                 "that every process sees (a shared file system).")
+            return
         previous = self._committed
         if (self.double_checkpoint and previous is not None and not previous.get("legacy")
                 and previous["weights"] != metadata["weights"]):
@@ -409,11 +432,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         _write_json(self._folder / _METADATA, metadata)  # the commit point
         self._committed = metadata
         self._remove_stale_files()
+        _sync_processes("keras_cdm.BackupAndRestore.commit")
+        _sync_processes("keras_cdm.BackupAndRestore.read")  # the others have read it
 
     def _remove_stale_files(self):
         """Removes the weights files no metadata names, Keras' own files once replaced and
-        the temporary files of killed writes."""
-        if not self._folder.is_dir():
+        the temporary files of killed writes (process 0 only, with several JAX processes)."""
+        if not self._writer or not self._folder.is_dir():
             return
         keep = set()
         if self._committed is not None:
@@ -436,7 +461,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         model._initial_epoch = None  # Keras leaves it set: a later `fit` would start at that epoch
         self._skip_epoch = None
         if self._refused is None and _finite_state(model):
-            super().on_train_end(logs)  # deletes the folder with `delete_checkpoint`
+            if self._writer:
+                super().on_train_end(logs)  # deletes the folder with `delete_checkpoint`
             return
         where = "" if self._refused is None else f" (first seen {_position(self._refused)})"
         if self._committed is not None and self._restore(self._committed) is None:
@@ -448,6 +474,45 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         else:
             warnings.warn(f"BackupAndRestore: training ended with non-finite weights{where}, before any finite "
                           "state was backed up.", stacklevel=2)
+
+
+def _process_index():
+    """This process's index in a multi-process JAX run (`keras.distribution.initialize`),
+    else 0. Read once `fit` starts: JAX must not be touched before it is initialized."""
+    if keras.backend.backend() != "jax":
+        return 0  # tf.distribute workers: one backup folder each (see the docstring)
+    import jax
+
+    return jax.process_index()
+
+
+@contextlib.contextmanager
+def _without_distribution():
+    """Keras' `save_weights` makes variables of its own (a reference optimizer): under a
+    multi-process JAX distribution making one is a collective that only the writing
+    process would enter. It writes with no distribution set: the arrays (replicated)
+    are read as they are."""
+    distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if distribution is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
+def _sync_processes(name):
+    """A barrier across the processes of a multi-process JAX run (nothing otherwise)."""
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _position(metadata):
