@@ -283,6 +283,78 @@ if keras.backend.backend() == "jax":
     keras.distribution.set_distribution(None)
 
 """
+## JAX: several processes, and stages too large for one device
+
+**Several processes** (the hosts of a TPU pod, several GPU machines): every process runs
+the same script, and calls `keras.distribution.initialize(coordinator_address,
+num_processes, process_id)` before anything touches JAX; `DataParallel(devices=
+keras.distribution.list_devices())` then spans every process's devices. Give `fit` a
+`tf.data` pipeline of *global* batches (Keras hands each process its slice), and give
+`keras_cdm.callbacks.BackupAndRestore` the *same* folder in every process, on a file
+system they all see: process 0 writes the backups and every process restores the same
+one, so a killed set of processes resumes from one state. Tested with two processes on
+loopback, killed and restarted ([docs/distribution.md](../../docs/distribution.md)).
+
+**Sharded (model-parallel) training.** A paper-size stage holds about 16 bytes of float32
+state per parameter (weights, Adam's two moments, the EMA): 12.7 GB for the 792 M base
+model. `keras_cdm.distribution.model_parallel(unet_config, model_axis_size=M)` is a
+`keras.distribution.ModelParallel` over a (batch, model) mesh whose `LayoutMap` splits
+the large convolution, attention and embedding kernels along their output channels over
+M devices; Keras shards the optimizer moments and the EMA like their variable. Build the
+stage inside its scope. With `KERAS_BACKEND=jax` the cell below trains the small stage
+sharded over this guide's two host devices (the layout's `min_size` lowered so that its
+kernels are large enough to split) and reads back how much of each variable a device holds.
+"""
+
+if keras.backend.backend() == "jax":
+    from keras_cdm import distribution as cdm_distribution
+
+    unet_config = build_stage().unet.get_config()
+    sharded = cdm_distribution.model_parallel(unet_config, model_axis_size=2, min_size=1000)
+    with sharded.scope():
+        keras.utils.set_random_seed(0)
+        sharded_stage = build_stage()
+    sharded_stage.fit(dataset(), epochs=1, verbose=2)
+    for variable in sharded_stage.unet.weights[:6]:
+        shard = variable.value.addressable_shards[0].data
+        print(f"{variable.path:45s} {str(tuple(variable.shape)):18s} one device holds {tuple(shard.shape)}")
+    layouts = cdm_distribution.layout_map(unet_config, sharded.device_mesh, min_size=1000)  # the same map
+    print("bytes per device:", cdm_distribution.state_bytes_per_device(unet_config, layouts))
+    keras.distribution.set_distribution(None)
+else:
+    print("Sharded training runs on the JAX backend: KERAS_BACKEND=jax python guides/distributed_training.py")
+
+"""
+## Memory for the paper's stages: `keras-cdm plan`
+
+How many devices a paper stage needs, with and without sharding and activation
+rematerialization (`DiffusionUNet(remat=True)`: the residual blocks are recomputed in
+the backward pass), is arithmetic on shapes; `keras_cdm.memory_plan.plan` does it
+without allocating the model (from the command line: `keras-cdm plan
+cdm_imagenet64_to_256 --devices 64 --device-memory 16`). For the paper's 64-to-256
+upsampler on a 64-chip TPU v3 (16 GiB a chip) at its batch of 1,024:
+"""
+
+from keras_cdm import memory_plan
+
+print(memory_plan.plan("cdm_imagenet64_to_256", devices=64, device_memory_bytes=16 * 2**30).table())
+
+"""
+The four paper stages (float32, Adam and EMA, the paper's batch sizes; every row in
+[docs/distribution_plan.md](../../docs/distribution_plan.md)):
+
+| stage | state per device, replicated / model axis 8 | 64x TPU v3 (16 GiB) | 8x H100 (80 GiB) |
+|---|---|---|---|
+| cdm_imagenet32_base (792 M) | 14.76 / 1.85 GiB | remat, (32, 2) mesh, 64 a chip | remat, data parallel, 256 a GPU |
+| cdm_imagenet32_to_64 (718 M) | 13.38 / 1.68 GiB | remat, data parallel, 2 a chip, 16 accumulation steps | remat, data parallel, 147 a GPU, 2 steps |
+| cdm_imagenet64_to_128 (536 M) | 9.98 / 1.26 GiB | remat, data parallel, 8 a chip, 2 steps | remat, data parallel, 123 a GPU, 2 steps |
+| cdm_imagenet64_to_256 (589 M) | 10.97 / 1.38 GiB | remat, data parallel, 1 a chip, 16 steps | remat, data parallel, 34 a GPU, 4 steps |
+
+Without remat none fits its paper per-device batch; with it, all train data parallel
+except the base model on 16 GiB chips, whose replicated state alone fills a chip.
+"""
+
+"""
 ## Batch size and learning rate
 
 With data parallelism the quantity that matters for optimisation is the **global

@@ -22,7 +22,7 @@ import math
 import keras
 import numpy as np
 
-from keras_cdm._validation import check_choice, check_positive_int, is_int, shown
+from keras_cdm._validation import check_bool, check_choice, check_positive_int, is_int, shown
 from keras_cdm.unet import DiffusionUNet
 
 __all__ = ["layout_map", "model_parallel", "shapes_only", "sharded_axis", "state_bytes_per_device"]
@@ -125,7 +125,7 @@ def model_parallel(unet, devices=None, model_axis_size=None, model_axis="model",
     return keras.distribution.ModelParallel(layout_map=layouts, batch_dim_name=batch_axis)
 
 
-def state_bytes_per_device(model, layout_map, mesh=None, optimizer="adam", ema=True):
+def state_bytes_per_device(model, layout_map, mesh=None, optimizer="adam", ema=True, gradients=False):
     """Bytes of training state one device holds, from shapes and dtypes only.
 
     Each variable of the U-Net takes its layout from `layout_map` (exact path, else
@@ -141,9 +141,12 @@ def state_bytes_per_device(model, layout_map, mesh=None, optimizer="adam", ema=T
         mesh: the `DeviceMesh` (default: the layout map's).
         optimizer: "adam" (2 moments per trainable variable), "sgd" or None (none).
         ema: whether the optimizer keeps an EMA of the weights (one more copy).
+        gradients: also count the gradients a training step holds at once with the
+            state (one more copy of the trainable variables, sharded alike).
 
     Returns:
-        A dict of ints: "parameters", "optimizer", "ema" and their "total".
+        A dict of ints: "parameters", "optimizer", "ema" (and "gradients" when asked)
+        and their "total".
     """
     if not isinstance(layout_map, keras.distribution.LayoutMap):
         raise ValueError(f"`layout_map` must be a keras.distribution.LayoutMap. Received: {shown(layout_map)}")
@@ -155,7 +158,10 @@ def state_bytes_per_device(model, layout_map, mesh=None, optimizer="adam", ema=T
     sizes = dict(zip(mesh.axis_names, mesh.shape))
     parameters = sum(_shard_bytes(v, layout_map, sizes) for v in unet.weights)
     trainable = sum(_shard_bytes(v, layout_map, sizes) for v in unet.trainable_weights)
-    result = {"parameters": parameters, "optimizer": slots * trainable, "ema": trainable if ema else 0}
+    result = {"parameters": parameters, "optimizer": slots * trainable,
+              "ema": trainable if check_bool("ema", ema) else 0}
+    if check_bool("gradients", gradients):
+        result["gradients"] = trainable
     result["total"] = sum(result.values())
     return result
 

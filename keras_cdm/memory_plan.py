@@ -2,7 +2,8 @@
 
 `plan(stage, devices, device_memory_bytes, batch_size)` counts, without allocating anything,
 what one training step holds on each device: the state (weights, gradients, Adam's two
-moments, the EMA: float32 copies of the weights, sharded by a layout) and the activations
+moments, the EMA: float32 copies of the weights, sharded by `keras_cdm.distribution.layout_map`,
+the layout `keras_cdm.distribution.model_parallel` trains with) and the activations
 kept for the backward pass (per example, with and without `remat`, times the examples on a
 device). It lists every split of the devices into a data axis and a model axis, with and
 without remat, with the examples per device that fit (the rest of the batch made up by
@@ -19,13 +20,13 @@ workspace beyond it: the plan keeps `headroom` (10%) of every device free.
 """
 
 import math
-import re
 
 import keras
+import numpy as np
 
+from keras_cdm import distribution as cdm_distribution
 from keras_cdm import presets
 from keras_cdm._validation import (
-    check_bool,
     check_choice,
     check_positive_int,
     check_positive_number,
@@ -39,7 +40,6 @@ GIB = 2**30
 # Appendix B of the paper: the training batch size of each ImageNet stage.
 PAPER_BATCH_SIZES = {"cdm_imagenet32_base": 2048, "cdm_imagenet32_to_64": 2048, "cdm_imagenet64_to_128": 1024,
                      "cdm_imagenet64_to_256": 1024}
-OPTIMIZER_SLOTS = {"adam": 2, "sgd": 0}  # float32 copies of every weight the optimizer keeps
 # Activations kept for the backward pass, in values per value of a layer's input / output,
 # fitted to JAX's saved residuals of single layers (benchmarks/remat.py measures whole stages).
 _RESIDUAL = {"input": 4.6, "output": 6.5, "dropout": 1.25, "mask": 0.25}
@@ -48,81 +48,22 @@ _ATTENTION = {"features": 9.0, "weights": 1.75}  # per position x channel; per h
 
 def abstract_unet(stage, remat=False):
     """The U-Net of `stage` (a built-in stage preset name or a DiffusionUNet) with `remat`, its
-    variables created without values: nothing is allocated."""
+    variables created without values: nothing is allocated, now or later."""
     if isinstance(stage, DiffusionUNet):
         if stage.remat == remat:
             return stage
-        config = {**stage.get_config(), "remat": remat}
-        with keras.StatelessScope(initialize_variables=False):
-            return DiffusionUNet.from_config(config)
+        return cdm_distribution.shapes_only({**stage.get_config(), "remat": remat})
     with keras.StatelessScope(initialize_variables=False):
-        return presets.unet_from_preset(stage, remat=remat)
+        unet = presets.unet_from_preset(stage, remat=remat)
+    cdm_distribution._forget_uninitialized(unet.variables)
+    return unet
 
 
-def _mesh_shape(mesh):
-    """{axis name: size} from a dict or a keras.distribution.DeviceMesh."""
-    if isinstance(mesh, keras.distribution.DeviceMesh):
-        return dict(zip(mesh.axis_names, mesh.shape))
-    if not isinstance(mesh, dict) or not all(isinstance(k, str) and isinstance(v, int) and v > 0
-                                             for k, v in mesh.items()):
-        raise ValueError(f"`mesh` must be a keras.distribution.DeviceMesh or a dict of axis names to positive sizes, "
-                         f"e.g. {{'batch': 8, 'model': 8}}. Received: mesh={shown(mesh)}")
-    return dict(mesh)
-
-
-def _axes(layout, path):
-    """The sharding axes of variable `path`: from a keras.distribution.LayoutMap, or a dict of
-    paths or regular expressions (as the LayoutMap's keys) to axes; None: replicated."""
-    if layout is None:
-        return None
-    if isinstance(layout, keras.distribution.LayoutMap):
-        found = layout[path]
-        return None if found is None else tuple(found.axes)
-    if path in layout:
-        return tuple(layout[path])
-    matches = [key for key in layout if re.search(key, path)]
-    if len(matches) > 1:
-        raise ValueError(f"Variable {path!r} matches several keys of `layout`: {matches}")
-    return tuple(layout[matches[0]]) if matches else None
-
-
-def sharded_size(shape, axes, mesh):
-    """Values of a variable of `shape` on one device when dimension i is split over mesh axis
-    `axes[i]` (None: not split): the product of ceil(dimension / axis size)."""
-    if axes is not None and len(axes) != len(shape):
-        raise ValueError(f"A layout gives one axis (or None) per dimension: {len(shape)} for shape {tuple(shape)}. "
-                         f"Received: axes={axes}")
-    mesh = _mesh_shape(mesh)
-    unknown = [a for a in axes or () if a is not None and a not in mesh]
-    if unknown:
-        raise ValueError(f"Layout axes must be axes of the mesh {sorted(mesh)}. Received: {unknown}")
-    return math.prod(math.ceil(d / (mesh[a] if a else 1)) for d, a in zip(shape, axes or (None,) * len(shape)))
-
-
-def state_bytes_per_device(unet, layout, mesh, optimizer="adam", ema=True):
-    """Bytes per device of the weights, their gradients, the optimizer's slots (Adam: 2, laid
-    out as their weight) and the EMA, for variables laid out by `layout` on `mesh`."""
-    slots = OPTIMIZER_SLOTS[check_choice("optimizer", optimizer, tuple(OPTIMIZER_SLOTS))]
-    weights = sum(sharded_size(v.shape, _axes(layout, v.path), mesh) * _itemsize(v.dtype) for v in unet.weights)
-    trainable = sum(sharded_size(v.shape, _axes(layout, v.path), mesh) * _itemsize(v.dtype)
-                    for v in unet.trainable_weights)
-    return {"weights": weights, "gradients": trainable, "optimizer": slots * trainable,
-            "ema": trainable if check_bool("ema", ema) else 0}
-
-
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "int32": 4, "uint32": 4, "float64": 8, "int64": 8}
-
-
-def _itemsize(dtype):
-    return _ITEMSIZE.get(keras.backend.standardize_dtype(dtype), 4)
-
-
-def model_parallel_layout(unet, model_axis="model", size=1):
-    """A layout that splits the last dimension (output channels, or the embedding width) of
-    every kernel and embedding table over `model_axis`, where `size` divides it; the rest
-    replicated. A stand-in for keras_cdm.distribution.layout_map, with the same interface."""
-    return {re.escape(v.path) + "$": (None,) * (len(v.shape) - 1) + (model_axis,)
-            for v in unet.weights if len(v.shape) >= 2 and v.shape[-1] % size == 0}
+def abstract_mesh(data_axis, model_axis):
+    """A ('batch', 'model') `keras.distribution.DeviceMesh` of that shape over named
+    devices that need not exist: layouts and byte counts only read its shape."""
+    devices = [f"device:{i}" for i in range(data_axis * model_axis)]
+    return keras.distribution.DeviceMesh((data_axis, model_axis), ("batch", "model"), devices)
 
 
 def activation_bytes_per_example(unet, recomputation=True):
@@ -131,7 +72,7 @@ def activation_bytes_per_example(unet, recomputation=True):
     added), plus each layer's own intermediates (fitted coefficients: see the module's docstring),
     in the layers' compute dtype (dropout masks: 1 byte). With remat and `recomputation`, plus
     the intermediates of the largest residual block, recomputed one block at a time."""
-    itemsize = _itemsize(keras.dtype_policies.get(unet._layer_dtype or "float32").compute_dtype)
+    itemsize = np.dtype(keras.dtype_policies.get(unet._layer_dtype or "float32").compute_dtype).itemsize
     total, largest_block = 0.0, 0.0
     for layer in unet.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -204,9 +145,10 @@ def plan(stage, devices, device_memory_bytes, batch_size=None, layout=None, mode
     `devices` (1: data parallel only, the state replicated), or for 1 and `model_axis` only,
     with and without remat.
 
-    `layout(unet, model_axis_size)` gives the sharding for a model axis size: a mapping of
-    variable paths (or regular expressions, as a LayoutMap's keys) to axes over the mesh axes
-    "batch" and "model", or a keras.distribution.LayoutMap; by default `model_parallel_layout`.
+    `layout(unet, mesh)` gives the `keras.distribution.LayoutMap` of the U-Net's variables on a
+    ('batch', 'model') `DeviceMesh`: by default `keras_cdm.distribution.layout_map`, the layout
+    that `keras_cdm.distribution.model_parallel` trains with. The state per device is
+    `keras_cdm.distribution.state_bytes_per_device` of it, gradients included.
     Activations are split over the data axis (the examples) and, assumed, the model axis (the
     channels, as XLA propagates the kernels' sharding). A row's `total` is the memory per
     device at its full per-device batch; `micro_batch` is the most examples per device that fit
@@ -223,7 +165,11 @@ def plan(stage, devices, device_memory_bytes, batch_size=None, layout=None, mode
         batch_size = PAPER_BATCH_SIZES[stage]
     batch_size = check_positive_int("batch_size", batch_size)
     headroom = check_range("headroom", headroom, 0.0, 1.0, high_inclusive=False)
-    layout = layout or (lambda unet, size: model_parallel_layout(unet, "model", size))
+    layout = layout or cdm_distribution.layout_map
+    if not callable(layout):
+        raise ValueError("`layout` must be None or a callable (unet, mesh) -> keras.distribution.LayoutMap, "
+                         f"e.g. keras_cdm.distribution.layout_map. Received: layout={shown(layout)}")
+    check_choice("optimizer", optimizer, ("adam", "sgd", None))
     activations = {remat: activation_bytes_per_example(unet) for remat, unet in unets.items()}
     usable = device_memory_bytes * (1 - headroom)
     sizes = [m for m in range(1, devices + 1) if devices % m == 0]
@@ -235,9 +181,9 @@ def plan(stage, devices, device_memory_bytes, batch_size=None, layout=None, mode
     rows = []
     for model_axis in sizes:
         data_axis = devices // model_axis
-        mesh = {"batch": data_axis, "model": model_axis}
-        state = sum(state_bytes_per_device(unets[False], layout(unets[False], model_axis), mesh, optimizer,
-                                           ema).values())
+        layouts = layout(unets[False], abstract_mesh(data_axis, model_axis))
+        state = cdm_distribution.state_bytes_per_device(unets[False], layouts, optimizer=optimizer, ema=ema,
+                                                        gradients=True)["total"]
         per_device = math.ceil(batch_size / data_axis)
         for remat in (False, True):
             per_example = activations[remat] / model_axis

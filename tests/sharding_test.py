@@ -63,3 +63,15 @@ def test_bad_arguments_name_themselves():
         cdm_distribution.model_parallel(UNET, devices=[f"cpu:{i}" for i in range(6)], model_axis_size=4)
     with pytest.raises(ValueError, match="optimizer"):
         cdm_distribution.state_bytes_per_device(UNET, cdm_distribution.layout_map(UNET, mesh), optimizer="lion")
+
+
+def test_state_bytes_of_a_hand_written_layout_gradients_included():
+    unet = cdm_distribution.shapes_only(UNET)
+    count = unet.count_params()
+    layouts = keras.distribution.LayoutMap(_mesh(2, 4))
+    layouts["input_conv/kernel"] = (None, None, "batch", None)  # 3x3x3x24: ceil(3 / 2) = 2 of 3 input channels
+    layouts["time_embedding/dense_in/kernel"] = ("model", None)  # 24x96: a quarter on each device
+    layouts[r"middle_attention/.*/query/kernel"] = (None, "model", None)  # 48x6x8: six heads, 4 devices: 2 each
+    kept = count - (3 * 3 * 3 * 24 - 3 * 3 * 2 * 24) - (24 * 96 * 3 // 4) - (48 * 6 * 8 - 48 * 2 * 8)
+    assert cdm_distribution.state_bytes_per_device(unet, layouts, optimizer="sgd", ema=False, gradients=True) == {
+        "parameters": 4 * kept, "optimizer": 0, "ema": 0, "gradients": 4 * kept, "total": 8 * kept}
