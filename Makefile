@@ -34,10 +34,10 @@ architecture: $(STAMP)
 # when it collects nothing, so an empty run fails CI.
 test: $(STAMP)
 	@tmp=$$(mktemp -d); \
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q --basetemp=$$tmp/tf -m "not guides" > .test-tensorflow.log 2>&1 & tf=$$!; \
-	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider --basetemp=$$tmp/jax \
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q --durations=40 --basetemp=$$tmp/tf -m "not guides" > .test-tensorflow.log 2>&1 & tf=$$!; \
+	KERAS_BACKEND=jax $(PY) -m pytest -q --durations=40 -p no:cacheprovider --basetemp=$$tmp/jax \
 	    -m "(not backend_neutral and not tensorflow_only) or guides" > .test-jax.log 2>&1; jax=$$?; \
-	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider --basetemp=$$tmp/torch \
+	KERAS_BACKEND=torch $(PY) -m pytest -q --durations=40 -p no:cacheprovider --basetemp=$$tmp/torch \
 	    -m "not backend_neutral and not tensorflow_only and not guides" > .test-torch.log 2>&1; torch=$$?; \
 	wait $$tf; tf=$$?; \
 	echo "== KERAS_BACKEND=tensorflow pytest -q -m 'not guides' (exit $$tf)"; cat .test-tensorflow.log; \
