@@ -49,7 +49,7 @@ def timed_generate(pipeline, labels):
 
 
 def timed_cli(preset, out):
-    command = [sys.executable, "-m", "keras_cdm", "sample", "--preset", str(preset), "--per-class", "10",
+    command = [sys.executable, "-m", "keras_cdm_cli", "sample", "--preset", str(preset), "--per-class", "10",
                "--seed", "0", "--batch-size", "100", "--out", str(out)]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=os.environ.copy())

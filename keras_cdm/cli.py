@@ -5,7 +5,8 @@ Hub, a request too large for memory) ends the command with exactly one line,
 `keras-cdm: error: ...`, on stderr and exit status 2; an unexpected failure (a bug) with
 one `keras-cdm: error: internal error ...` line and status 1. `--debug` (before or after
 the command) shows the traceback instead. Options are checked, with their bounds, before
-any model is loaded.
+any model is loaded. The installed command enters through `keras_cdm_cli`, which sets the
+libraries' logging defaults before Keras is imported (see its docstring).
 """
 
 import argparse
@@ -398,11 +399,13 @@ def build_parser():
         description="Cascaded Diffusion Models for Keras 3 (Ho et al. 2021).",
     )
     parser.add_argument("--version", action="version", version=f"keras-cdm {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after COMMAND)")
+    parser.add_argument("--debug", action="store_true",
+                        help="let TensorFlow, XLA and PyTorch log as in Python, and show the traceback of an "
+                             "error (also after COMMAND)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the traceback of an error")
+                        help="library logs and the traceback of an error")
 
     listing = commands.add_parser("presets", help="list the built-in presets", parents=[common])
     listing.set_defaults(func=_cmd_presets)
