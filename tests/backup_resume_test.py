@@ -242,6 +242,8 @@ def _assert_exact(folder, name, reference):
 
 def test_random_kills_resume_exactly(trials):
     folder, reference, done = trials
+    if TRIALS == 0:
+        pytest.skip("CDM_BACKUP_KILL_TRIALS=0 (make test draws random kills in the TensorFlow pass only)")
     randoms = [trial for trial in done.values() if trial["name"].startswith("random")]
     assert len(randoms) == TRIALS
     for trial in randoms:

@@ -22,12 +22,25 @@ OWN_LINES = [
 ]
 
 
-def _sample(tmp_path, backend, **env):
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """`keras-cdm sample` on each backend, the three processes at once (most of their time is
+    imports and tracing, one core each): {backend: (return code, stdout, stderr)}."""
+    folder = tmp_path_factory.mktemp("quiet")
     environment = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS")}
-    environment.update(KERAS_BACKEND=backend, **env)
-    return subprocess.run([str(COMMAND), "sample", "--preset", "cdm_mnist32", "--labels", "3", "--steps", "2",
-                           "--batch-size", "1", "--out", str(tmp_path / f"{backend}.png")],
-                          capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300)
+    processes = {backend: subprocess.Popen(
+        [str(COMMAND), "sample", "--preset", "cdm_mnist32", "--labels", "3", "--steps", "2", "--batch-size", "1",
+         "--out", str(folder / f"{backend}.png")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
+        env={**environment, "KERAS_BACKEND": backend, "OMP_NUM_THREADS": "1"}) for backend in BACKENDS}
+    results = {}
+    for backend, process in processes.items():
+        out, err = process.communicate(timeout=600)
+        results[backend] = process.returncode, out, err
+    return results
 
 
 def _lines(text):
@@ -35,11 +48,11 @@ def _lines(text):
 
 
 @pytest.mark.backend_neutral  # each backend in its own process
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
-def test_sample_prints_only_its_own_lines(tmp_path, backend):
-    result = _sample(tmp_path, backend)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = _lines(result.stdout + "\n" + result.stderr)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_prints_only_its_own_lines(samples, backend):
+    code, out, err = samples[backend]
+    assert code == 0, err[-3000:]
+    lines = _lines(out + "\n" + err)
     foreign = [line for line in lines if not any(p.fullmatch(line) for p in OWN_LINES)]
     assert not foreign, f"lines keras-cdm did not write: {foreign}"
     assert sum(line.startswith("Stage ") for line in lines) == 3 and lines[-1].startswith("wrote 1 samples")
