@@ -179,7 +179,9 @@ if keras.backend.backend() == "tensorflow":
     figure.savefig("distributed_training_loss.png", dpi=100)
     plt.close(figure)
 
-    # The trained stage samples like any other, outside the scope.
+    # The trained stage samples like any other, outside the scope. (A few epochs of a tiny stage
+    # on 500 digits: the samples are still noise; this shows the mechanics, the training guide
+    # trains a stage that draws digits.)
     samples = stage.generate(labels=np.repeat(np.arange(10), 2), seed=0, num_steps=25 if FAST else 100,
                              verbose=False)
     save_image_grid(samples, "distributed_training_samples.png", labels=np.repeat(np.arange(10), 2), columns=10)

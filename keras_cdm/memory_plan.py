@@ -27,7 +27,6 @@ import numpy as np
 from keras_cdm import distribution as cdm_distribution
 from keras_cdm import presets
 from keras_cdm._validation import (
-    check_choice,
     check_positive_int,
     check_positive_number,
     check_range,
@@ -169,7 +168,6 @@ def plan(stage, devices, device_memory_bytes, batch_size=None, layout=None, mode
     if not callable(layout):
         raise ValueError("`layout` must be None or a callable (unet, mesh) -> keras.distribution.LayoutMap, "
                          f"e.g. keras_cdm.distribution.layout_map. Received: layout={shown(layout)}")
-    check_choice("optimizer", optimizer, ("adam", "sgd", None))
     activations = {remat: activation_bytes_per_example(unet) for remat, unet in unets.items()}
     usable = device_memory_bytes * (1 - headroom)
     sizes = [m for m in range(1, devices + 1) if devices % m == 0]

@@ -80,6 +80,9 @@ def test_plan_recommends_remat_when_only_remat_fits_and_nothing_when_nothing_fit
     (dict(model_axis=3), r"`model_axis` must be None or a divisor of `devices` \(8\): one of \[1, 2, 4, 8\]"),
     (dict(batch_size=0), "`batch_size` must be a positive integer"),
     (dict(devices=0), "`devices` must be a positive integer"),
+    (dict(optimizer="lion"), "`optimizer` must be one of"),
+    (dict(ema="yes"), "`ema` must be"),
+    (dict(layout="output channels"), "`layout` must be None or a callable"),
 ])
 def test_plan_bad_arguments(kwargs, message):
     arguments = {**dict(stage=_tiny(), devices=8, device_memory_bytes=2**30, batch_size=8), **kwargs}
