@@ -411,8 +411,8 @@ class GaussianDiffusion:
                   clip_denoised=True):
         """`num_steps` reverse steps from step `start_step` in one `ops.fori_loop`.
 
-        Unlike `sample_loop`, `start_step` may be a tensor, so one compiled
-        function can run successive chunks of a long chain (progress bars).
+        Unlike `sample_loop`, `start_step` and `num_steps` may be tensors, so one
+        compiled function runs a whole chain or its successive chunks (progress bars).
         For a multistep sampler `x` is its loop state (`solvers.initial_state`) and
         so is the result: a chain run in chunks is the same chain.
         """

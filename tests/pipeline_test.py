@@ -256,6 +256,28 @@ def test_a_failed_preparation_leaves_sampling_to_the_stage(monkeypatch):
     np.testing.assert_array_equal(fresh.generate(labels=[0, 1], seed=4, batch_size=2), expected)
 
 
+def test_one_compiled_sampler_runs_a_chain_whole_in_chunks_and_for_zero_steps(monkeypatch):
+    """The number of steps is an argument of the compiled sampler: a progress bar's chunks
+    reuse the whole chain's graph, and `prepare_plan`'s zero-step run (TensorFlow builds a
+    graph's kernels on its first call) leaves the state as it was."""
+    from keras_cdm.diffusion_model import _step_count
+
+    stage = tiny_cascade().stages[0]
+    calls = _count_unet_traces([stage], monkeypatch)
+    plan = stage.sampling_plan(num_steps=7)
+    whole = stage.generate(labels=[0, 1], seed=3, plan=plan, verbose=False)
+    chunked = stage.generate(labels=[0, 1], seed=3, plan=plan, verbose=True)  # 7 chunks of 1 step
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    assert len(stage._samplers) == 1
+    if keras.backend.backend() != "torch":  # PyTorch calls the U-Net eagerly at every step
+        assert len(calls[stage.name]) == 1
+    state, seeds, conditioning = stage._loop_inputs(plan, np.array([0, 1], "int32"), example_seeds(3, range(2)), None)
+    run = next(iter(stage._samplers.values()))
+    after = run(state, seeds, keras.ops.convert_to_tensor(plan.start_step, "int32"), _step_count(0), conditioning)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(after), keras.ops.convert_to_numpy(state))
+    assert np.abs(keras.ops.convert_to_numpy(state) - whole).max() > 0.1  # zero steps is not the sample
+
+
 def test_prepare_plan_compiles_once_and_run_plan_reuses_it(monkeypatch):
     stage = tiny_cascade().stages[1]
     calls = _count_unet_traces([stage], monkeypatch)
