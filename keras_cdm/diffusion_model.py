@@ -327,9 +327,11 @@ class DiffusionModel(keras.Model):
                     progress.update(done)
         return np.asarray(ops.convert_to_numpy(state_sample(state)))
 
-    def prepare_plan(self, plan, batch_size):
+    def prepare_plan(self, plan, batch_size, build=True):
         """Compiles the sampler that `run_plan(plan, ...)` (without a progress bar) runs on
         batches of `batch_size`, without sampling, so that such a call starts at once.
+        `build`: under TensorFlow, also run it for zero steps, which builds the graph's
+        kernels (C++ work, without the GIL; otherwise the first call does it).
         Returns whether there was anything to compile (False when it was compiled already,
         or under PyTorch, which runs eagerly). Safe to call in another thread while other
         stages sample: `CascadedDiffusionPipeline.generate` prepares its later stages
@@ -346,7 +348,7 @@ class DiffusionModel(keras.Model):
         if not run.can_prepare or run.ready(*args):
             return False
         run.prepare(*args)
-        if keras.backend.backend() == "tensorflow":
+        if build and keras.backend.backend() == "tensorflow":
             # A run of zero steps: TensorFlow optimizes the graph (Grappler) and creates its
             # kernels on a function's first call, 0.7 s for `cdm_mnist32`'s base sampler (2,900
             # nodes) on 2 cores, which the first sampling call would otherwise pay.

@@ -361,13 +361,14 @@ class _Preparation:
         if not jobs or not can_prepare_in_background():
             return
         work = [(job, stages[job[0]], plans[job[0]]) for job in [first] + jobs]
-        self._prepare(*work[0])
+        # Traced here, its kernels built by its first run while the thread traces the next stages.
+        self._prepare(*work[0], build=False)
         self._done = {job: threading.Event() for job in jobs}
         threading.Thread(target=self._run, args=(work[1:],), name="keras_cdm-prepare", daemon=True).start()
 
-    def _prepare(self, job, stage, plan):
+    def _prepare(self, job, stage, plan, build=True):
         try:
-            stage.prepare_plan(plan, job[1])
+            stage.prepare_plan(plan, job[1], build=build)
         except Exception as error:  # noqa: BLE001 - the stage compiles it itself when it runs
             self.errors[job] = error
 

@@ -249,7 +249,7 @@ def test_a_failed_preparation_leaves_sampling_to_the_stage(monkeypatch):
     expected = cascade.generate(labels=[0, 1], seed=4, batch_size=2)
     fresh = tiny_cascade()
 
-    def broken(self, plan, batch_size):
+    def broken(self, plan, batch_size, build=True):
         raise RuntimeError("preparation failed")
 
     monkeypatch.setattr(DiffusionModel, "prepare_plan", broken)
