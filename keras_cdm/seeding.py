@@ -94,7 +94,9 @@ def stateless_normal(shape, seed, counter):
     if len(getattr(seed, "shape", ())) == 1:
         example_shape = tuple(shape[1:])
         if keras.backend.backend() == "tensorflow" and _executing_eagerly():
-            return _graph_draws(tuple(int(dim) for dim in example_shape))(ops.convert_to_tensor(seed), ops.convert_to_tensor(counter, "int32"))
+            _seed_slot()  # its variable made eagerly, not inside the graph function's trace
+            draws = _graph_draws(tuple(int(dim) for dim in example_shape))
+            return draws(ops.convert_to_tensor(seed), ops.convert_to_tensor(counter, "int32"))
         return _per_example_normal(example_shape, seed, counter)
     return _stateless_normal(shape, seed, counter)
 
@@ -111,18 +113,17 @@ _GRAPH_DRAWS_LOCK = threading.Lock()
 
 
 def _graph_draws(example_shape):
-    """The per-example draws of `example_shape` as a `tf.function` (traced once per shape
-    and seed dtype). Eagerly, `tf.map_fn` runs one Python iteration of several ops per
-    example: `make demo`'s initial and augmentation noises (100 images per stage) took
+    """The per-example draws of `example_shape`, compiled (a `tf.function`, traced once per
+    shape and seed dtype). Eagerly, `tf.map_fn` runs one Python iteration of several ops
+    per example: `make demo`'s initial and augmentation noises (100 images per stage) took
     1.3 s of its 5 s steady-state call; in a graph the loop is one while op, and the
     draws are the same numbers."""
-    import tensorflow as tf
+    from keras_cdm._compile import compile_function
 
     with _GRAPH_DRAWS_LOCK:  # a pipeline prepares its later stages in a background thread
         if example_shape not in _GRAPH_DRAWS:
-            _GRAPH_DRAWS[example_shape] = tf.function(
-                lambda seeds, counter: _per_example_normal(example_shape, seeds, counter),
-                reduce_retracing=True, autograph=False)
+            _GRAPH_DRAWS[example_shape] = compile_function(
+                lambda seeds, counter: _per_example_normal(example_shape, seeds, counter))
         return _GRAPH_DRAWS[example_shape]
 
 
@@ -132,10 +133,15 @@ def _executing_eagerly():
     return tf.executing_eagerly()
 
 
+def _seed_slot():
+    with _GRAPH_DRAWS_LOCK:
+        if not _SEED_SLOT:
+            _SEED_SLOT.append(keras.random.SeedGenerator(0, name="keras_cdm_seed_slot"))
+    return _SEED_SLOT[0]
+
+
 def _stateless_normal(shape, seed, counter):
-    if not _SEED_SLOT:
-        _SEED_SLOT.append(keras.random.SeedGenerator(0, name="keras_cdm_seed_slot"))
-    slot = _SEED_SLOT[0]
+    slot = _seed_slot()
     dtype = slot.state.dtype
     state = ops.stack([ops.cast(seed, dtype), ops.cast(counter, dtype)])
     with keras.StatelessScope(state_mapping=[(slot.state, state)]):

@@ -40,7 +40,7 @@ def test_tensorflow_eager_draws_run_one_graph_per_example_shape():
     # steady call); the draws run as a `tf.function`, traced once per example shape whatever
     # the seeds, the batch or the counter.
     draws((4, 5, 5, 1), example_seeds(1, range(4)), 0)
-    function = seeding._GRAPH_DRAWS[(5, 5, 1)]
+    function = seeding._GRAPH_DRAWS[(5, 5, 1)].function
     traced = function.experimental_get_tracing_count()
     for batch, counter in [(4, 1), (4, 2**31 - 1), (9, 3)]:
         draws((batch, 5, 5, 1), example_seeds(batch, range(batch)), counter)
