@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keras_cdm"
 
 # Conventions first, then the paper's order; preset I/O before the models that use it.
 ORDER = [
-    "version", "_validation", "images", "seeding", "schedules", "losses", "layers", "lora", "unet", "solvers", "diffusion",
-    "conditioning", "guidance", "sampling", "_compile", "_data_epochs", "ema", "_files", "_hub", "presets", "adapters", "diffusion_model", "pipeline",
+    "version", "_validation", "_compile", "images", "seeding", "schedules", "losses", "layers", "lora", "unet", "solvers", "diffusion",
+    "conditioning", "guidance", "sampling", "_data_epochs", "ema", "_files", "_hub", "presets", "adapters", "diffusion_model", "pipeline",
     "visualization", "callbacks", "distribution", "data", "evaluation", "precision_recall", "search", "step_budget", "memory_plan",
     "cli", "__main__",
     "testing", "testing.golden", "testing.hub_server",
