@@ -8,7 +8,9 @@ For each setting: network evaluations per image, the seconds of `pipeline.genera
 stage on the first call (tracing and compilation included) and in steady state (median of
 `--rounds` calls, the two settings alternating so that both see the same machine), and with
 `--cli` the wall time of the whole `keras-cdm sample` command of `make demo` (a fresh
-process: imports, preset loading, compilation, sampling, the PNG), the old settings from a
+process: imports, preset loading, compilation, sampling, the PNG) and the first and second
+`generate` of a fresh process (the in-process first call of the preset's settings comes after
+the old settings' first call, which has warmed up what the two share), the old settings from a
 copy of the preset that differs only in its sampling settings. Prints the ratios new / old
 and writes docs/performance/demo_sampling_<backend>.json.
 """
@@ -56,10 +58,34 @@ def timed_cli(preset, out):
     return time.perf_counter() - start
 
 
+FRESH = """
+import json, sys, time
+import numpy as np
+from keras_cdm import CascadedDiffusionPipeline
+pipeline = CascadedDiffusionPipeline.from_preset(sys.argv[1])
+labels = np.repeat(np.arange(10), 10)
+times = []
+for _ in range(2):
+    start = time.perf_counter()
+    pipeline.generate(labels=labels, seed=0, batch_size=100, verbose=False)
+    times.append(time.perf_counter() - start)
+print(json.dumps(times))
+"""
+
+
+def timed_fresh(preset):
+    """(first, second) seconds of `generate` in a fresh process: what `make demo` samples in,
+    with no earlier call of the other settings in the same process to warm anything up."""
+    done = subprocess.run([sys.executable, "-c", FRESH, str(preset)], check=True, capture_output=True, text=True,
+                          env=os.environ.copy())
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cli", action="store_true", help="also time the whole `keras-cdm sample` command")
+    parser.add_argument("--cli", action="store_true", help="also time the whole `keras-cdm sample` command, and "
+                        "the first and second `generate` of a fresh process")
     args = parser.parse_args()
     new = CascadedDiffusionPipeline.from_preset(PRESET)
     old = CascadedDiffusionPipeline(new.stages, settings_of(new, BEFORE))  # the same stage objects: same weights
@@ -76,10 +102,11 @@ def main():
             old_preset = Path(tmp) / "before"
             old.save_to_preset(old_preset)
             for name in rows:
-                rows[name]["cli"] = []
+                rows[name]["cli"], rows[name]["fresh"] = [], []
             for _ in range(args.rounds):
                 for name, preset in (("before (125 NFE)", old_preset), ("preset now", PRESET)):
                     rows[name]["cli"].append(timed_cli(preset, Path(tmp) / "grid.png"))
+                    rows[name]["fresh"].append(timed_fresh(preset))
     print(f"backend {keras.backend.backend()}, 100 digits (make demo), batch 100, {args.rounds} rounds")
     report = {}
     for name, row in rows.items():
@@ -90,15 +117,20 @@ def main():
                                                                             per_stage.items()}}
         if "cli" in row:
             report[name]["cli_wall_s"] = round(statistics.median(row["cli"]), 2)
+            for key, index in (("fresh_first_call_s", 0), ("fresh_second_call_s", 1)):
+                report[name][key] = round(statistics.median(times[index] for times in row["fresh"]), 2)
         print(f"{name:18s} NFE {row['nfe']:4d}  {', '.join(row['settings'])}")
         print(f"{'':18s} first call {row['first'][0]:6.2f} s, steady {steady:6.2f} s ("
               + ", ".join(f"{k} {v:.2f}" for k, v in per_stage.items()) + ")"
-              + (f", whole command {report[name]['cli_wall_s']:.2f} s" if "cli" in row else ""))
+              + (f", whole command {report[name]['cli_wall_s']:.2f} s; fresh process: first call "
+                 f"{report[name]['fresh_first_call_s']:.2f} s, second {report[name]['fresh_second_call_s']:.2f} s"
+                 if "cli" in row else ""))
     before, now = report["before (125 NFE)"], report["preset now"]
     ratios = {"nfe": now["nfe"] / before["nfe"], "first_call": now["first_call_s"] / before["first_call_s"],
               "steady": now["steady_s"] / before["steady_s"]}
     if "cli_wall_s" in now:
         ratios["whole_command"] = now["cli_wall_s"] / before["cli_wall_s"]
+        ratios["fresh_first_call"] = now["fresh_first_call_s"] / before["fresh_first_call_s"]
     print("ratios now / before: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     out = ROOT / "docs" / "performance" / f"demo_sampling_{keras.backend.backend()}.json"
     out.write_text(json.dumps({"rounds": args.rounds, "rows": report, "ratios": ratios,

@@ -93,7 +93,7 @@ def stateless_normal(shape, seed, counter):
     """
     if len(getattr(seed, "shape", ())) == 1:
         example_shape = tuple(shape[1:])
-        if keras.backend.backend() == "tensorflow" and _executing_eagerly():
+        if keras.backend.backend() == "tensorflow" and _executing_eagerly_in_tensorflow():
             _seed_slot()  # its variable made eagerly, not inside the graph function's trace
             draws = _graph_draws(tuple(int(dim) for dim in example_shape))
             return draws(ops.convert_to_tensor(seed), ops.convert_to_tensor(counter, "int32"))
@@ -109,7 +109,7 @@ def _per_example_normal(example_shape, seeds, counter):
 
 
 _GRAPH_DRAWS = {}
-_GRAPH_DRAWS_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # a pipeline prepares its later stages in a background thread
 
 
 def _graph_draws(example_shape):
@@ -120,21 +120,22 @@ def _graph_draws(example_shape):
     draws are the same numbers."""
     from keras_cdm._compile import compile_function
 
-    with _GRAPH_DRAWS_LOCK:  # a pipeline prepares its later stages in a background thread
+    with _LOCK:
         if example_shape not in _GRAPH_DRAWS:
             _GRAPH_DRAWS[example_shape] = compile_function(
                 lambda seeds, counter: _per_example_normal(example_shape, seeds, counter))
         return _GRAPH_DRAWS[example_shape]
 
 
-def _executing_eagerly():
+def _executing_eagerly_in_tensorflow():
     import tensorflow as tf
 
     return tf.executing_eagerly()
 
 
 def _seed_slot():
-    with _GRAPH_DRAWS_LOCK:
+    """The `SeedGenerator` whose state `_stateless_normal` maps to each draw's seed."""
+    with _LOCK:
         if not _SEED_SLOT:
             _SEED_SLOT.append(keras.random.SeedGenerator(0, name="keras_cdm_seed_slot"))
     return _SEED_SLOT[0]

@@ -278,6 +278,29 @@ def test_one_compiled_sampler_runs_a_chain_whole_in_chunks_and_for_zero_steps(mo
     assert np.abs(keras.ops.convert_to_numpy(state) - whole).max() > 0.1  # zero steps is not the sample
 
 
+@pytest.mark.parametrize("build", [True, False])
+def test_prepare_plan_builds_the_graph_with_a_zero_step_run_under_tensorflow(monkeypatch, build):
+    """TensorFlow builds a graph's kernels on its first call: `prepare_plan` makes that call,
+    for zero steps, unless `build=False` (a cascade's first stage, built by its own first run)."""
+    from keras_cdm._compile import Compiled
+
+    steps_run = []
+    original = Compiled.__call__
+
+    def recorded(self, *args):
+        if len(args) == 5:  # a sampler: (state, seeds, start, num_steps, conditioning)
+            steps_run.append(int(keras.ops.convert_to_numpy(args[3])))
+        return original(self, *args)
+
+    monkeypatch.setattr(Compiled, "__call__", recorded)
+    stage = tiny_cascade().stages[0]
+    plan = stage.sampling_plan(num_steps=5)
+    assert stage.prepare_plan(plan, 2, build=build) is (keras.backend.backend() != "torch")
+    assert steps_run == ([0] if build and keras.backend.backend() == "tensorflow" else [])
+    stage.run_plan(plan, np.array([0, 1], "int32"), example_seeds(0, range(2)))
+    assert steps_run[-1] == 5
+
+
 def test_prepare_plan_compiles_once_and_run_plan_reuses_it(monkeypatch):
     stage = tiny_cascade().stages[1]
     calls = _count_unet_traces([stage], monkeypatch)
