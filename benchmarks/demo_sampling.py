@@ -13,6 +13,17 @@ process: imports, preset loading, compilation, sampling, the PNG) and the first 
 the old settings' first call, which has warmed up what the two share), the old settings from a
 copy of the preset that differs only in its sampling settings. Prints the ratios new / old
 and writes docs/performance/demo_sampling_<backend>.json.
+
+    KERAS_BACKEND=tensorflow python benchmarks/demo_sampling.py --released [REV] [--rounds 3]
+
+instead times `make demo` as it was at commit REV (default: the last commit before the
+few-step samplers, whose `cdm_mnist32` has the same weights and the 125-NFE settings) against
+the working tree, in fresh processes, alternating: the whole command and the first and second
+`generate` of each. REV's `keras_cdm` and preset are exported with `git archive` into a
+temporary folder, which goes first on the path; both use this environment's packages. This
+compares the user's `make demo` before and after, including the changes to the sampling code
+that the 125-NFE settings now benefit from too (the default mode isolates the settings).
+Writes docs/performance/demo_sampling_released_<backend>.json.
 """
 
 import argparse
@@ -32,6 +43,7 @@ from keras_cdm import CascadedDiffusionPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = "cdm_mnist32"
+RELEASED = "06b218c^"  # the last commit before the DPM-Solver++ samplers and the step-budget search
 BEFORE = [  # the preset's settings before the step-budget search: 50 + 50 + 25 network evaluations
     {"sampler": "ancestral", "num_steps": "ddim50"},
     {"sampler": "ancestral", "num_steps": 50},
@@ -50,12 +62,21 @@ def timed_generate(pipeline, labels):
     return time.perf_counter() - start, dict(pipeline.last_timings)
 
 
-def timed_cli(preset, out):
-    command = [sys.executable, "-m", "keras_cdm_cli", "sample", "--preset", str(preset), "--per-class", "10",
+def timed_cli(preset, out, module="keras_cdm_cli", cwd=None):
+    command = [sys.executable, "-m", module, "sample", "--preset", str(preset), "--per-class", "10",
                "--seed", "0", "--batch-size", "100", "--out", str(out)]
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=os.environ.copy())
+    subprocess.run(command, check=True, capture_output=True, env=_environment(cwd), cwd=cwd)
     return time.perf_counter() - start
+
+
+def _environment(code_root):
+    """This process's environment, with `code_root` (a folder holding a `keras_cdm`) first on
+    the path where given."""
+    env = os.environ.copy()
+    if code_root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code_root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
 
 
 FRESH = """
@@ -73,12 +94,53 @@ print(json.dumps(times))
 """
 
 
-def timed_fresh(preset):
+def timed_fresh(preset, cwd=None):
     """(first, second) seconds of `generate` in a fresh process: what `make demo` samples in,
-    with no earlier call of the other settings in the same process to warm anything up."""
+    with no earlier call of the other settings in the same process to warm anything up.
+    `cwd`: a folder whose `keras_cdm` is imported instead of this checkout's."""
     done = subprocess.run([sys.executable, "-c", FRESH, str(preset)], check=True, capture_output=True, text=True,
-                          env=os.environ.copy())
+                          env=_environment(cwd), cwd=cwd)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export_commit(revision, folder):
+    """`keras_cdm` and the `cdm_mnist32` preset of commit `revision`, into `folder`."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{revision}^{{commit}}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", commit, "keras_cdm", f"presets/{PRESET}"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return commit
+
+
+def compare_released(revision, rounds):
+    """`make demo` at commit `revision` vs the working tree, fresh processes, alternating."""
+    with tempfile.TemporaryDirectory() as tmp:
+        released = Path(tmp) / "released"
+        released.mkdir()
+        commit = export_commit(revision, released)
+        runs = {"released": dict(cwd=released, module="keras_cdm.cli"), "now": dict(cwd=None, module="keras_cdm_cli")}
+        times = {name: {"cli": [], "fresh": []} for name in runs}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                times[name]["cli"].append(timed_cli(PRESET, Path(tmp) / "grid.png", run["module"], run["cwd"]))
+                times[name]["fresh"].append(timed_fresh(PRESET, run["cwd"]))
+    report = {name: {"whole_command_s": round(statistics.median(t["cli"]), 2),
+                     "fresh_first_call_s": round(statistics.median(f[0] for f in t["fresh"]), 2),
+                     "fresh_second_call_s": round(statistics.median(f[1] for f in t["fresh"]), 2),
+                     "runs": t} for name, t in times.items()}
+    ratios = {key: report["now"][key] / report["released"][key]
+              for key in ("whole_command_s", "fresh_first_call_s", "fresh_second_call_s")}
+    print(f"backend {keras.backend.backend()}, make demo (100 digits, batch 100), {rounds} rounds alternating; "
+          f"released = {revision} ({commit[:10]}), now = working tree")
+    for name, row in report.items():
+        print(f"{name:9s} whole command {row['whole_command_s']:6.2f} s; fresh process: first generate "
+              f"{row['fresh_first_call_s']:6.2f} s, second {row['fresh_second_call_s']:6.2f} s")
+    print("ratios now / released: " + ", ".join(f"{k[:-2]} {v:.2f}x" for k, v in ratios.items()))
+    out = ROOT / "docs" / "performance" / f"demo_sampling_released_{keras.backend.backend()}.json"
+    out.write_text(json.dumps({"revision": revision, "commit": commit, "rounds": rounds, "rows": report,
+                               "ratios": ratios, "cpu_count": os.cpu_count()}, indent=1))
+    print(f"wrote {out}")
 
 
 def main():
@@ -86,7 +148,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cli", action="store_true", help="also time the whole `keras-cdm sample` command, and "
                         "the first and second `generate` of a fresh process")
+    parser.add_argument("--released", nargs="?", const=RELEASED, default=None, metavar="REV",
+                        help=f"time make demo at commit REV (default {RELEASED}) against the working tree instead")
     args = parser.parse_args()
+    if args.released is not None:
+        return compare_released(args.released, args.rounds)
     new = CascadedDiffusionPipeline.from_preset(PRESET)
     old = CascadedDiffusionPipeline(new.stages, settings_of(new, BEFORE))  # the same stage objects: same weights
     pipelines = {"before (125 NFE)": old, "preset now": new}
