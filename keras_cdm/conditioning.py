@@ -56,6 +56,10 @@ class ConditioningAugmentation(keras.layers.Layer):
     forward_process = None
     level_input = False
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True  # no weights: its seed generator's state is made with it
+
     def training_inputs(self, images, training=None):
         """The U-Net's conditioning inputs for clean low-resolution `images` in `fit`."""
         raise NotImplementedError

@@ -115,6 +115,44 @@ def test_fit_keeps_training_weights_and_the_ema_apart(trained_base):
     assert max(gaps) > 1e-5  # Keras' fit would have overwritten the weights with the EMA
 
 
+def _fit_counting_traces(model, data):
+    traces = {"n": 0}
+    train_step = model.train_step
+
+    def counted(*args):  # (data), or (state, data) on JAX
+        traces["n"] += 1  # Python runs once per trace (every step when eager: PyTorch)
+        return train_step(*args)
+
+    model.train_step = counted
+    model.fit(data, epochs=1, batch_size=4, verbose=0)
+    del model.train_step
+    return traces["n"]
+
+
+@pytest.mark.tensorflow_only  # JAX's trainer builds the optimizer first itself; PyTorch does not trace
+def test_first_fit_traces_the_train_step_once_with_the_same_training(digits, monkeypatch):
+    """The optimizer is built before the train function is traced (Keras' TensorFlow trainer
+    builds it inside, which makes TensorFlow trace twice); training is the same bit for bit
+    as Keras' own order. The Gaussian augmentation layer (no weights) counts as built."""
+    import keras_cdm.diffusion_model as module
+
+    images = to_numpy(keras.ops.image.resize(digits[0], (16, 16)))
+    data = {"images": images, "labels": digits[1]}
+    results = {}
+    for order in ("before", "inside"):
+        if order == "inside":
+            monkeypatch.setattr(module, "_build_optimizer_before_tracing", lambda model: None)
+        keras.utils.set_random_seed(0)
+        model = sr_stage(seed=0)
+        model.compile(learning_rate=1e-3, ema_momentum=0.5)
+        traces = _fit_counting_traces(model, data)
+        averages = model.optimizer._model_variables_moving_average
+        results[order] = ([to_numpy(v) for v in model.trainable_variables], [to_numpy(a) for a in averages])
+        assert traces == (1 if order == "before" else 2), order
+    for before, inside in zip(*(sum(results[order], []) for order in ("before", "inside"))):
+        np.testing.assert_array_equal(before, inside)
+
+
 def test_generate_uses_ema_weights_and_restores_the_training_weights(trained_base):
     weights = [to_numpy(w).copy() for w in trained_base.unet.trainable_variables]
     with_ema = trained_base.generate(labels=[4, 5], seed=0)
