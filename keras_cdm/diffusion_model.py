@@ -709,8 +709,8 @@ def _build_optimizer_before_tracing(model):
 
     Keras' TensorFlow trainer without a `tf.distribute` strategy leaves them to the first
     `apply_gradients`, inside the trace: creating variables in a `tf.function` makes
-    TensorFlow trace it twice, and the first `fit` of a stage spent half its tracing on the
-    second trace (4 batches of README's 8x8 base stage: 18.8 s, of which 8 s). Keras builds
+    TensorFlow trace it twice: the first `fit` of a stage took twice as long
+    (`benchmarks/first_fit.py`: README's 8x8 base stage 15.1 s, built before 7.7 s). Keras builds
     them this way itself under a strategy and on JAX; the variables are the same (the
     model's trainable variables, in order), so training is bit for bit the same."""
     optimizer = model.optimizer

@@ -92,11 +92,13 @@ class StepBudgetResult:
     def plot(self, path):
         """Saves one panel per stage (metric vs the stage's NFE, one line per sampler and
         spacing; the current setting starred) and one of the measured splits (metric vs
-        total NFE, the budget dashed, the reference starred), as PNG."""
+        total NFE, the budget dashed, the reference starred, splits that fail the guards
+        crossed), as PNG."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
 
         metric = self.cascades.metric
         panels = len(self.stages) + 1
@@ -116,11 +118,17 @@ class StepBudgetResult:
             axis.set_title(f"{name}: {result.title.split(' (')[1].rstrip(')')}", fontsize=8)
             axis.set_xlabel(f"network evaluations of {name}")
             axis.set_ylabel(f"{metric} ({self.scored_at.get(name, name)})")
-            axis.set_xscale("log")
+            axis.set_xscale("log")  # labelled at the NFEs measured, without log-scale minor labels
+            axis.set_xticks(sorted({row["nfe"] for row in result.rows}))
+            axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+            axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             axis.legend(fontsize=6)
         axis = axes[0][-1]
-        rows = self.cascades.rows
-        axis.scatter([r["nfe"] for r in rows], [r[metric] for r in rows], label="splits measured")
+        for meets, style in ((True, dict(label="splits measured")),
+                             (False, dict(marker="x", color="grey", label="fail the guards"))):
+            rows = [r for r in self.cascades.rows if r.get("meets_guards", True) == meets]
+            if rows:
+                axis.scatter([r["nfe"] for r in rows], [r[metric] for r in rows], **style)
         best = self.best
         if best is not None:
             axis.scatter([best["nfe"]], [best[metric]], marker="o", s=120, facecolors="none", edgecolors="r",

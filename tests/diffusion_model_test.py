@@ -119,9 +119,9 @@ def _fit_counting_traces(model, data):
     traces = {"n": 0}
     train_step = model.train_step
 
-    def counted(*args):  # (data), or (state, data) on JAX
-        traces["n"] += 1  # Python runs once per trace (every step when eager: PyTorch)
-        return train_step(*args)
+    def counted(batch):
+        traces["n"] += 1  # Python runs once per trace of the train function
+        return train_step(batch)
 
     model.train_step = counted
     model.fit(data, epochs=1, batch_size=4, verbose=0)
@@ -147,9 +147,9 @@ def test_first_fit_traces_the_train_step_once_with_the_same_training(digits, mon
         model.compile(learning_rate=1e-3, ema_momentum=0.5)
         traces = _fit_counting_traces(model, data)
         averages = model.optimizer._model_variables_moving_average
-        results[order] = ([to_numpy(v) for v in model.trainable_variables], [to_numpy(a) for a in averages])
+        results[order] = [to_numpy(v) for v in [*model.trainable_variables, *averages]]
         assert traces == (1 if order == "before" else 2), order
-    for before, inside in zip(*(sum(results[order], []) for order in ("before", "inside"))):
+    for before, inside in zip(results["before"], results["inside"], strict=True):
         np.testing.assert_array_equal(before, inside)
 
 
